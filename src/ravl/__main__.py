@@ -1,0 +1,5 @@
+import sys
+
+from ravl.cli import main
+
+sys.exit(main())

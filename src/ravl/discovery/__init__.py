@@ -1,0 +1,1 @@
+"""ravl.discovery."""

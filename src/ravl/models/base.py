@@ -1,0 +1,171 @@
+"""The adapter protocol every vision-language model implements, and the model registry.
+
+Glossary (shape symbols used in docstrings across ravl): N images, R regions, C classes,
+D embedding dimension, K clusters, T tokens, H x W pixels.
+
+An adapter wraps one backend (the built-in tiny CLIP, open_clip, Hugging Face CLIP) behind
+:class:`VisionLanguageModel`. ravl never touches the backend directly: zero-shot scoring,
+region embedding, fine-tuning and mitigation only call the methods below, so a new backend is
+one adapter class plus a registry entry.
+
+Boxes are always ``[x0, y0, x1, y1]`` in pixels of the *original* image (as stored in
+``metadata.jsonl``); adapters receive them normalised to ``[0, 1]`` by
+:func:`ravl.models.regions.embed_regions`, so any image size works.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+from ravl.exceptions import ModelNotFoundError
+
+__all__ = [
+    "VisionLanguageModel",
+    "register_model",
+    "load_model",
+    "list_models",
+    "ModelInfo",
+]
+
+
+@runtime_checkable
+class VisionLanguageModel(Protocol):
+    """What ravl needs from a CLIP-style model.
+
+    Attributes:
+        name: Registry name the model was loaded with (e.g. ``"tiny"``, ``"open_clip:RN50"``).
+        embed_dim: D, the size of the joint embedding space.
+        image_size: ``(H, W)`` of the tensors :meth:`preprocess` returns.
+        module: The underlying ``torch.nn.Module``; its parameters are what fine-tuning trains.
+    """
+
+    name: str
+    embed_dim: int
+    image_size: tuple[int, int]
+    module: torch.nn.Module
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Turn PIL images of any size into a float tensor ``[N, 3, H, W]`` on CPU."""
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Turn any strings into a token tensor ``[N, T]`` (CPU) accepted by :meth:`encode_text`."""
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embed preprocessed images ``[N, 3, H, W]`` -> ``[N, D]`` (not normalised)."""
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embed token tensors ``[N, T]`` -> ``[N, D]`` (not normalised)."""
+
+    def encode_roi(self, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Embed regions with one backbone pass per image ("roi" mode).
+
+        Args:
+            pixels: Preprocessed images ``[N, 3, H, W]``.
+            boxes: ``[R, 5]`` rows ``(image_index, x0, y0, x1, y1)`` with coordinates
+                normalised to ``[0, 1]`` of the image.
+
+        Returns:
+            ``[R, D]`` region embeddings (not normalised). Adapters that cannot pool regions
+            from a feature map raise ``NotImplementedError``.
+        """
+
+    def logit_scale(self) -> torch.Tensor:
+        """Learned inverse temperature (a scalar tensor, already exponentiated)."""
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable description sufficient to rebuild the architecture."""
+
+    def to(self, device: str | torch.device) -> "VisionLanguageModel":
+        """Move the model to ``device`` and return self."""
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registry entry.
+
+    Attributes:
+        name: Registry name or prefix (a prefix ends with ``":"``, e.g. ``"open_clip:"``).
+        description: One line shown by ``ravl models``.
+        extra: The pip extra the backend needs (``None`` for the core).
+    """
+
+    name: str
+    description: str
+    extra: str | None = None
+
+
+_REGISTRY: dict[str, tuple[ModelInfo, Callable[..., VisionLanguageModel]]] = {}
+
+
+def register_model(name: str, *, description: str = "", extra: str | None = None):
+    """Decorator registering a factory ``fn(name, checkpoint=None, **kwargs) -> VisionLanguageModel``.
+
+    ``name`` is an exact name (``"tiny"``) or a prefix ending in ``":"`` (``"open_clip:"``),
+    in which case the factory receives the full requested name.
+    """
+
+    def deco(fn: Callable[..., VisionLanguageModel]):
+        _REGISTRY[name] = (ModelInfo(name, description, extra), fn)
+        return fn
+
+    return deco
+
+
+def _ensure_builtin_registered() -> None:
+    # Import modules that register models. Backends' heavy imports stay inside their factories.
+    import ravl.models.tiny  # noqa: F401
+    import ravl.models.backends  # noqa: F401
+
+
+def list_models() -> list[ModelInfo]:
+    """All registered model names and prefixes, sorted."""
+    _ensure_builtin_registered()
+    return [info for info, _ in sorted(_REGISTRY.values(), key=lambda t: t[0].name)]
+
+
+def load_model(name: str, checkpoint: str | Path | None = None, *,
+               device: str | torch.device | None = None, **kwargs: Any) -> VisionLanguageModel:
+    """Build a model by registry name, optionally loading weights from a checkpoint.
+
+    Args:
+        name: ``"tiny"``, ``"open_clip:ARCH"``, ``"hf:/path/to/dir"`` (see :func:`list_models`).
+        checkpoint: A ravl checkpoint folder (``model.safetensors`` + ``config.json``) or a
+            backend-specific weights file. ``None`` builds fresh (random or, for the tiny CLIP,
+            seeded) weights.
+        device: Where to put the model (default CPU).
+        **kwargs: Passed to the backend factory (e.g. ``seed=`` for the tiny CLIP).
+
+    Raises:
+        ModelNotFoundError: For an unknown name; the message lists what exists and the
+            closest matches.
+    """
+    _ensure_builtin_registered()
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        for key, val in _REGISTRY.items():
+            if key.endswith(":") and name.startswith(key):
+                entry = val
+                break
+    if entry is None:
+        names = sorted(_REGISTRY)
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ModelNotFoundError(
+            f"Unknown model {name!r}.{hint} Known models and prefixes: {', '.join(names)}. "
+            "Prefixes take an architecture or a path, e.g. 'open_clip:RN50' or 'hf:/path/to/dir'.")
+    _, factory = entry
+    model = factory(name, checkpoint=checkpoint, **kwargs)
+    if device is not None:
+        model.to(device)
+    return model

@@ -1,0 +1,1 @@
+"""Shared helpers: parameter validation, atomic I/O, optional imports, progress bars."""
