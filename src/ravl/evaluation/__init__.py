@@ -1,1 +1,14 @@
-"""ravl.evaluation."""
+"""Evaluation: zero-shot accuracy overall, per class and per group; the setting validity rule."""
+
+from ravl.evaluation.metrics import (
+    AccuracyReport,
+    EvaluationResult,
+    GroupAccuracy,
+    SettingValidity,
+    check_setting_validity,
+    evaluate,
+    group_accuracies,
+)
+
+__all__ = ["AccuracyReport", "EvaluationResult", "GroupAccuracy", "SettingValidity", "check_setting_validity",
+           "evaluate", "group_accuracies"]

@@ -1,0 +1,286 @@
+"""Zero-shot evaluation metrics: overall, per class, per (class x spurious feature) group.
+
+Groups follow method.md §4: for every class y and for the feature present / absent, the accuracy
+of the images with label y; worst-group accuracy is the lowest group accuracy (not the smallest
+group's). Whole images and the *core region* (the region whose ground-truth attribute is the
+image's label) are scored with the same zero-shot classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ravl.exceptions import DatasetError, RavlWarning
+from ravl.utils.validation import check_float
+
+__all__ = [
+    "GroupAccuracy",
+    "AccuracyReport",
+    "EvaluationResult",
+    "SettingValidity",
+    "group_accuracies",
+    "accuracy_report",
+    "infer_spurious_feature",
+    "evaluate",
+    "check_setting_validity",
+]
+
+logger = logging.getLogger(__name__)
+
+EMPTY_ATTRIBUTE = "empty"
+
+
+@dataclass(frozen=True)
+class GroupAccuracy:
+    """Accuracy of one (class, feature present/absent) group."""
+
+    label: str
+    feature_present: bool
+    accuracy: float
+    n: int
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    """Accuracy of one set of predictions (whole images or core regions).
+
+    Attributes:
+        overall: Accuracy over every scored item.
+        n: Number of scored items.
+        per_class: ``{class: {"accuracy", "n"}}``.
+        groups: Per (class, feature present/absent) accuracies; empty without a feature.
+        worst_group: The group with the lowest accuracy (ties: first in class order), or ``None``.
+    """
+
+    overall: float
+    n: int
+    per_class: dict[str, dict[str, float]]
+    groups: tuple[GroupAccuracy, ...] = ()
+    worst_group: GroupAccuracy | None = None
+
+    def group(self, label: str, feature_present: bool) -> GroupAccuracy | None:
+        """The group for ``label`` with/without the feature, if it has any items."""
+        for g in self.groups:
+            if g.label == label and g.feature_present == feature_present:
+                return g
+        return None
+
+
+def group_accuracies(predictions: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+                     feature_present: np.ndarray | None = None) -> AccuracyReport:
+    """Overall, per-class and per-group accuracy.
+
+    Args:
+        predictions: ``[N]`` predicted class indices.
+        labels: ``[N]`` true class indices; rows with ``-1`` are ignored.
+        classes: C class names.
+        feature_present: ``[N]`` booleans, or ``None`` to skip the group table.
+
+    Returns:
+        An :class:`AccuracyReport`. Empty groups are left out of ``groups``.
+
+    Example:
+        >>> r = group_accuracies(np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1]), ["a", "b"],
+        ...                      np.array([True, False, True, False]))
+        >>> r.overall, r.worst_group.label, r.worst_group.feature_present, r.worst_group.accuracy
+        (0.75, 'a', False, 0.0)
+    """
+    predictions = np.asarray(predictions)
+    labels = np.asarray(labels)
+    keep = labels >= 0
+    correct = predictions == labels
+    per_class = {}
+    for c, name in enumerate(classes):
+        m = keep & (labels == c)
+        if m.any():
+            per_class[name] = {"accuracy": float(correct[m].mean()), "n": int(m.sum())}
+    groups: list[GroupAccuracy] = []
+    if feature_present is not None:
+        feature_present = np.asarray(feature_present, dtype=bool)
+        for c, name in enumerate(classes):
+            for present in (True, False):
+                m = keep & (labels == c) & (feature_present == present)
+                if m.any():
+                    groups.append(GroupAccuracy(name, present, float(correct[m].mean()), int(m.sum())))
+    worst = min(groups, key=lambda g: g.accuracy) if groups else None
+    overall = float(correct[keep].mean()) if keep.any() else float("nan")
+    return AccuracyReport(overall, int(keep.sum()), per_class, tuple(groups), worst)
+
+
+def infer_spurious_feature(attributes: Sequence[str], classes: Sequence[str]) -> str | None:
+    """The one region attribute that is neither a class name nor ``"empty"``, if exactly one."""
+    cand = sorted(set(attributes) - set(classes) - {EMPTY_ATTRIBUTE})
+    return cand[0] if len(cand) == 1 else None
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Zero-shot metrics of a model on one split of a dataset.
+
+    Attributes:
+        split: The split evaluated (``None`` for all rows).
+        classes: Class names.
+        spurious_feature: The region attribute used for groups (``None`` without one).
+        image: Whole-image accuracies.
+        core_region: Core-region accuracies (``None`` without ``region_attributes``).
+        n_images: Images scored.
+        templates: The prompt templates used.
+        region_mode: How core regions were embedded.
+    """
+
+    split: str | None
+    classes: tuple[str, ...]
+    spurious_feature: str | None
+    image: AccuracyReport
+    core_region: AccuracyReport | None
+    n_images: int
+    templates: tuple[str, ...]
+    region_mode: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def accuracy_report(zs, labels: np.ndarray, classes: Sequence[str],
+                    feature_present: np.ndarray | None) -> AccuracyReport:
+    """:func:`group_accuracies` on a :class:`~ravl.zeroshot.ZeroShotResult`."""
+    return group_accuracies(zs.predictions, labels, classes, feature_present)
+
+
+def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[str] | None = None,
+             templates: Sequence[str] | None = None, spurious_feature: str | None = None,
+             region_mode: str | None = None, regions: bool = True, batch_size: int = 128,
+             progress: bool = True) -> EvaluationResult:
+    """Zero-shot accuracy of ``model`` on ``dataset`` overall, per class and per group.
+
+    Args:
+        model: A :class:`~ravl.models.VisionLanguageModel`.
+        dataset: A :class:`~ravl.data.RegionDataset` with ``label`` on every row.
+        split: Split to evaluate (``None``: every row).
+        classes: Class names (default: the dataset's classes).
+        templates: Prompt templates (default :data:`ravl.zeroshot.DEFAULT_TEMPLATES`).
+        spurious_feature: Region attribute that marks the spurious feature. Default: inferred
+            when the ``region_attributes`` hold exactly one value that is neither a class name
+            nor ``"empty"``.
+        region_mode: Region embedding mode for the core-region metrics.
+        regions: Also score core regions when ``region_attributes`` are present.
+        batch_size: Images per forward pass.
+        progress: Show progress bars.
+
+    Returns:
+        An :class:`EvaluationResult`.
+    """
+    from ravl.models.regions import DEFAULT_REGION_MODE
+    from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
+
+    ds = dataset.subset(split) if split else dataset
+    if len(ds) == 0:
+        raise DatasetError(f"No images to evaluate in split {split!r} of {dataset.root}.")
+    classes = tuple(classes or ds.classes)
+    if classes != tuple(ds.classes):
+        from ravl.data.dataset import load_dataset  # re-index labels against the given classes
+
+        ds = load_dataset(dataset.root, split=split, classes=list(classes), grid=dataset.grid)
+    labels = ds.label_indices
+    if (labels < 0).any():
+        r = ds.records[int(np.flatnonzero(labels < 0)[0])]
+        raise DatasetError(f"metadata.jsonl line {r.line} ({r.file_name}) has no 'label'; evaluation needs a "
+                           "class name on every row.")
+    templates = tuple(templates or DEFAULT_TEMPLATES)
+
+    has_attr = all(r.region_attributes is not None for r in ds.records)
+    present = None
+    if has_attr:
+        if spurious_feature is None:
+            spurious_feature = infer_spurious_feature(
+                [a for r in ds.records for a in r.region_attributes], classes)
+        if spurious_feature is not None:
+            present = np.array([spurious_feature in r.region_attributes for r in ds.records])
+            if not present.any():
+                warnings.warn(f"No region of split {split!r} carries the attribute {spurious_feature!r}; "
+                              "group metrics are for 'absent' only.", RavlWarning, stacklevel=2)
+    elif spurious_feature is not None:
+        raise DatasetError(f"--spurious-feature {spurious_feature!r} needs 'region_attributes' on every row of "
+                           f"{dataset.root}/metadata.jsonl; add them or drop the option.")
+
+    img = zero_shot_classify(model, ds, classes, templates=templates, batch_size=batch_size, progress=progress)
+    image_report = accuracy_report(img, labels, classes, present)
+
+    core_report = None
+    mode = None
+    if regions and has_attr:
+        table = ds.region_table()
+        core_rows = np.full(len(ds), -1)
+        for k, (i, attr) in enumerate(zip(table.image_index, table.attributes)):
+            if core_rows[i] < 0 and attr == classes[labels[i]]:
+                core_rows[i] = k
+        have = core_rows >= 0
+        if have.any():
+            mode = region_mode or DEFAULT_REGION_MODE
+            reg = zero_shot_classify(model, ds, classes, templates=templates, level="region",
+                                     region_mode=mode, batch_size=batch_size, progress=progress)
+            core_pred = np.where(have, reg.predictions[np.maximum(core_rows, 0)], -1)
+            core_labels = np.where(have, labels, -1)
+            core_report = group_accuracies(core_pred, core_labels, classes, present)
+    return EvaluationResult(split=split, classes=classes, spurious_feature=spurious_feature,
+                            image=image_report, core_region=core_report, n_images=len(ds),
+                            templates=templates, region_mode=mode)
+
+
+@dataclass(frozen=True)
+class SettingValidity:
+    """Did the fine-tuned model learn the planted correlation? (method.md §3)
+
+    The rule: on the evaluation ``val`` split, where the feature is independent of the class,
+    the spurious class's zero-shot image accuracy with the feature minus without it must be at
+    least ``min_gap`` (default 0.1).
+    """
+
+    valid: bool
+    spurious_class: str
+    accuracy_with: float
+    accuracy_without: float
+    n_with: int
+    n_without: int
+    gap: float
+    min_gap: float
+    rule: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_setting_validity(result: EvaluationResult, spurious_class: str, *, min_gap: float = 0.1
+                           ) -> SettingValidity:
+    """Apply the validity rule to an :class:`EvaluationResult` (best on the ``val`` split).
+
+    Args:
+        result: From :func:`evaluate` with a spurious feature.
+        spurious_class: The class the feature was correlated with during fine-tuning.
+        min_gap: Smallest accuracy gap (with - without) that counts as a learned correlation.
+
+    Raises:
+        ValueError: When the result has no group for the spurious class with and without the
+            feature.
+    """
+    min_gap = check_float(min_gap, "min_gap", "check_setting_validity", low=0, high=1)
+    w = result.image.group(spurious_class, True)
+    wo = result.image.group(spurious_class, False)
+    if w is None or wo is None:
+        raise ValueError(
+            f"The validity rule needs images of class {spurious_class!r} both with and without the spurious "
+            f"feature {result.spurious_feature!r}; split {result.split!r} has "
+            f"{0 if w is None else w.n} with and {0 if wo is None else wo.n} without.")
+    gap = w.accuracy - wo.accuracy
+    rule = (f"accuracy({spurious_class!r} | {result.spurious_feature} present) - "
+            f"accuracy({spurious_class!r} | absent) >= {min_gap} on split {result.split!r}")
+    return SettingValidity(bool(gap >= min_gap), spurious_class, w.accuracy, wo.accuracy, w.n, wo.n,
+                           float(gap), min_gap, rule)

@@ -1,0 +1,396 @@
+"""The fine-tuning loop: one plain function, resumable, with atomic checkpoints.
+
+Layout of an output folder::
+
+    OUT/model.safetensors, OUT/config.json   the model after the last finished epoch (a ravl
+                                             checkpoint: ``load_model(..., checkpoint=OUT)``)
+    OUT/training_state.pt                    everything needed to resume (model, optimiser,
+                                             scheduler, position in the epoch, history)
+    OUT/history.json                         per-epoch metrics, human-readable
+
+Each file is written atomically, ``training_state.pt`` at every epoch end and at most every
+``checkpoint_interval_s`` seconds inside an epoch, so an interrupted run loses at most that much
+work. Rerunning the same call resumes from it; the data order of every epoch is drawn from
+``(seed, epoch)``, so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ravl.exceptions import CheckpointError, DatasetError
+from ravl.training.losses import clip_loss
+from ravl.utils.io import atomic_write, atomic_write_json
+from ravl.utils.progress import progress as _progress
+from ravl.utils.validation import check_float, check_int
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "ContrastiveObjective", "PixelStore"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "training_state.pt"
+HISTORY_FILE = "history.json"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyper-parameters of :func:`finetune`.
+
+    Attributes:
+        epochs: Passes over the training split.
+        batch_size: Image-caption pairs per step (the contrastive negatives are the batch).
+        lr: Peak AdamW learning rate (cosine decay after a linear warm-up). The default suits
+            the tiny CLIP trained from its initialisation; use ~1e-5 for a pretrained CLIP.
+        weight_decay: AdamW weight decay.
+        warmup_fraction: Fraction of all steps used for linear warm-up.
+        seed: Seeds the data order of every epoch (with the epoch number).
+        train_split: Split of the dataset to train on.
+        val_split: Split evaluated after every epoch (``None`` to skip).
+        checkpoint_interval_s: Save the resume state inside an epoch at most this often.
+        grad_clip: Max gradient norm (``0`` disables clipping).
+    """
+
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    seed: int = 0
+    train_split: str = "train"
+    val_split: str | None = "val"
+    checkpoint_interval_s: float = 120.0
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_int(self.epochs, "epochs", "FinetuneConfig", low=1)
+        check_int(self.batch_size, "batch_size", "FinetuneConfig", low=2)
+        check_float(self.lr, "lr", "FinetuneConfig", low=0, closed="neither")
+        check_float(self.weight_decay, "weight_decay", "FinetuneConfig", low=0)
+        check_float(self.warmup_fraction, "warmup_fraction", "FinetuneConfig", low=0, high=1)
+        check_int(self.seed, "seed", "FinetuneConfig", low=0)
+        check_float(self.checkpoint_interval_s, "checkpoint_interval_s", "FinetuneConfig", low=0)
+        check_float(self.grad_clip, "grad_clip", "FinetuneConfig", low=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FinetuneConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What :func:`finetune` did.
+
+    Attributes:
+        checkpoint_dir: Folder holding the final model (a ravl checkpoint).
+        config: The configuration used.
+        history: One dict per finished epoch (train loss, val loss, val accuracy, time, images/s).
+        resumed_from: ``(epoch, step)`` the run resumed from, or ``None`` for a fresh run.
+    """
+
+    checkpoint_dir: str
+    config: FinetuneConfig
+    history: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    resumed_from: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoint_dir": self.checkpoint_dir, "config": self.config.to_dict(),
+                "history": list(self.history), "resumed_from": self.resumed_from}
+
+
+class PixelStore:
+    """Preprocessed pixels of a dataset, cached in memory (float16) when they fit.
+
+    Args:
+        model: Supplies ``preprocess``.
+        dataset: A :class:`~ravl.data.RegionDataset`.
+        cache_limit_bytes: Cache when the whole split fits in this many bytes; otherwise images
+            are loaded and preprocessed batch by batch.
+    """
+
+    def __init__(self, model, dataset, *, cache_limit_bytes: int = 2 << 30, progress: bool = True,
+                 desc: str = "loading images"):
+        self.model = model
+        self.dataset = dataset
+        h, w = model.image_size
+        self._cache: torch.Tensor | None = None
+        if len(dataset) * 3 * h * w * 2 <= cache_limit_bytes:
+            chunks = []
+            idx = list(range(len(dataset)))
+            bar = _progress(total=len(idx), desc=desc, disable=None if progress else True)
+            for start in range(0, len(idx), 256):
+                part = idx[start:start + 256]
+                chunks.append(model.preprocess([dataset.load_image(i) for i in part]).to(torch.float16))
+                bar.update(len(part))
+            bar.close()
+            self._cache = torch.cat(chunks) if chunks else torch.empty(0, 3, h, w, dtype=torch.float16)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def get(self, indices) -> torch.Tensor:
+        """Float32 pixels ``[B, 3, H, W]`` for dataset positions ``indices``."""
+        if self._cache is not None:
+            return self._cache[torch.as_tensor(indices, dtype=torch.long)].float()
+        return self.model.preprocess([self.dataset.load_image(int(i)) for i in indices])
+
+
+class ContrastiveObjective:
+    """Standard CLIP fine-tuning objective: symmetric InfoNCE on image-caption pairs.
+
+    An objective joins a model and a loss: ``objective(model, batch) -> dict`` of named
+    components, ``"loss"`` being the one optimised. ``batch`` holds ``pixels`` ``[B, 3, H, W]``,
+    ``tokens`` ``[B, T]`` and ``indices`` (dataset positions).
+    """
+
+    name = "contrastive"
+
+    def __call__(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        img = model.encode_image(batch["pixels"])
+        txt = model.encode_text(batch["tokens"])
+        return clip_loss(img, txt, model.logit_scale())
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
+def _save_state(out: Path, state: dict[str, Any]) -> None:
+    atomic_write(out / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+
+def _clamp_logit_scale(model) -> None:
+    # CLIP clamps the learned temperature at 100 (log 4.6052).
+    for name, p in model.module.named_parameters():
+        if name.endswith("logit_scale"):
+            with torch.no_grad():
+                p.clamp_(0, math.log(100))
+
+
+@torch.no_grad()
+def _validate(model, pixels: PixelStore, tokens: torch.Tensor, labels: np.ndarray, classes,
+              objective, batch_size: int) -> dict[str, float]:
+    from ravl.zeroshot import class_text_embeddings
+
+    model.module.eval()
+    dev = model.device
+    losses, embs = [], []
+    for start in range(0, len(pixels), batch_size):
+        idx = list(range(start, min(start + batch_size, len(pixels))))
+        px = pixels.get(idx).to(dev)
+        if len(idx) >= 2:
+            out = objective(model, {"pixels": px, "tokens": tokens[idx].to(dev),
+                                    "indices": torch.as_tensor(idx)})
+            losses.append(float(out["loss"]) * len(idx))
+        embs.append(torch.nn.functional.normalize(model.encode_image(px).float(), dim=-1).cpu())
+    res: dict[str, float] = {"val_loss": sum(losses) / max(1, len(pixels))}
+    if classes and (labels >= 0).any():
+        text = class_text_embeddings(model, classes).cpu()
+        pred = (torch.cat(embs) @ text.T).argmax(-1).numpy()
+        keep = labels >= 0
+        res["val_zero_shot_accuracy"] = float((pred[keep] == labels[keep]).mean())
+    model.module.train()
+    return res
+
+
+def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig | None = None, *,
+             objective: Callable[..., dict[str, torch.Tensor]] | None = None,
+             resume: bool = True, progress: bool = True, init: dict[str, Any] | None = None,
+             extra_state: Callable[[], dict[str, Any]] | None = None) -> FinetuneResult:
+    """Fine-tune ``model`` in place on the image-caption pairs of ``dataset``.
+
+    Args:
+        model: A :class:`~ravl.models.VisionLanguageModel`; its ``module`` is trained in place.
+        dataset: A :class:`~ravl.data.RegionDataset` with ``caption`` on every training row.
+        out_dir: Output folder (see the module docstring for its layout).
+        config: Hyper-parameters (default :class:`FinetuneConfig()`).
+        objective: ``objective(model, batch) -> dict`` with a ``"loss"`` entry (default:
+            :class:`ContrastiveObjective`, i.e. standard CLIP fine-tuning).
+        resume: Continue from ``out_dir/training_state.pt`` when present. A finished run is
+            returned as is. With ``False`` an existing state is ignored and overwritten.
+        progress: Show progress bars.
+        init: Where the weights came from before fine-tuning (recorded in the checkpoint so that
+            mitigation can restart from the same point), e.g. ``{"model": "tiny", "seed": 0}``.
+        extra_state: Optional callable whose dict is saved with the resume state (for objectives
+            with state of their own, e.g. group DRO weights).
+
+    Returns:
+        A :class:`FinetuneResult`.
+
+    Raises:
+        DatasetError: When the training split is empty or lacks captions.
+        CheckpointError: When ``out_dir`` holds the state of a run with another configuration.
+    """
+    from ravl.models.checkpoint import save_checkpoint
+
+    config = config or FinetuneConfig()
+    objective = objective or ContrastiveObjective()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train = dataset.subset(config.train_split)
+    if len(train) < 2:
+        raise DatasetError(f"The '{config.train_split}' split of {dataset.root} has {len(train)} image(s); "
+                           "fine-tuning needs at least 2. Check the 'split' field of metadata.jsonl.")
+    missing = [r for r in train.records if not isinstance(r.caption, str) or not r.caption]
+    if missing:
+        r = missing[0]
+        raise DatasetError(f"{len(missing)} training row(s) have no caption, e.g. metadata.jsonl line {r.line} "
+                           f"({r.file_name}). Fine-tuning needs a 'caption' string on every "
+                           f"'{config.train_split}' row.")
+    val = None
+    if config.val_split:
+        try:
+            val = dataset.subset(config.val_split)
+        except DatasetError:
+            val = None
+        if val is not None and len(val) == 0:
+            val = None
+
+    state_path = out / STATE_FILE
+    state: dict[str, Any] | None = None
+    if resume and state_path.exists():
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable state is reported the same way
+            raise CheckpointError(f"Cannot read the resume state {state_path} ({exc}). Delete it to start "
+                                  "over, or pass resume=False / --no-resume.") from exc
+        saved = state.get("config", {})
+        if saved != config.to_dict() or state.get("objective") != getattr(objective, "name", None):
+            raise CheckpointError(
+                f"{out} holds a run with another configuration (saved {saved}, objective "
+                f"{state.get('objective')!r}). Use another --out folder, or --no-resume to overwrite it.")
+        if state.get("n_train") != len(train):
+            raise CheckpointError(f"{out} was trained on {state.get('n_train')} images but the dataset now "
+                                  f"has {len(train)}. Use another --out folder or --no-resume.")
+
+    module = model.module
+    dev = model.device
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    # Drop a trailing batch of one: contrastive losses need two pairs.
+    if len(train) % config.batch_size == 1:
+        steps_per_epoch -= 1
+    total = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(config.warmup_fraction * total)))
+
+    history: list[dict[str, Any]] = []
+    epoch, step_in_epoch, running = 0, 0, {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
+    resumed_from = None
+    if state is not None:
+        module.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
+        history = list(state["history"])
+        running = dict(state["running"])
+        if hasattr(objective, "load_state_dict") and state.get("objective_state") is not None:
+            objective.load_state_dict(state["objective_state"])
+        resumed_from = (epoch, step_in_epoch)
+        if epoch >= config.epochs:
+            logger.info("%s already holds a finished run (%d epochs); nothing to do.", out, config.epochs)
+            return FinetuneResult(str(out), config, tuple(history), resumed_from)
+        logger.info("Resuming %s at epoch %d, step %d.", out, epoch + 1, step_in_epoch)
+
+    def snapshot() -> dict[str, Any]:
+        return {"model": module.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "epoch": epoch, "step_in_epoch": step_in_epoch, "history": history, "running": running,
+                "config": config.to_dict(), "objective": getattr(objective, "name", None),
+                "objective_state": objective.state_dict() if hasattr(objective, "state_dict") else None,
+                "n_train": len(train), "extra": extra_state() if extra_state else None}
+
+    pixels = PixelStore(model, train, progress=progress, desc="loading train images")
+    tokens = model.tokenize([r.caption for r in train.records])
+    val_pixels = val_tokens = None
+    val_labels = np.zeros(0)
+    if val is not None:
+        val_pixels = PixelStore(model, val, progress=progress, desc="loading val images")
+        val_tokens = model.tokenize([r.caption or "" for r in val.records])
+        val_labels = val.label_indices
+
+    ckpt_extra = {"finetune": config.to_dict(), "init": init, "objective": getattr(objective, "name", None),
+                  "train_data": str(Path(dataset.root).resolve())}
+    module.train()
+    last_save = time.monotonic()
+    while epoch < config.epochs:
+        order = _epoch_order(len(train), config.seed, epoch)
+        bar = _progress(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                        disable=None if progress else True)
+        t0 = time.monotonic()
+        while step_in_epoch < steps_per_epoch:
+            idx = order[step_in_epoch * config.batch_size:(step_in_epoch + 1) * config.batch_size]
+            batch = {"pixels": pixels.get(idx).to(dev), "tokens": tokens[idx].to(dev), "indices": idx}
+            out_losses = objective(model, batch)
+            loss = out_losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"Loss became {float(loss)} at epoch {epoch + 1}, step "
+                                         f"{step_in_epoch + 1}; lower the learning rate (lr={config.lr}).")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+            opt.step()
+            sched.step()
+            _clamp_logit_scale(model)
+            step_in_epoch += 1
+            running["loss_sum"] += float(loss) * len(idx)
+            running["n"] += len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+            if config.checkpoint_interval_s and time.monotonic() - last_save > config.checkpoint_interval_s \
+                    and step_in_epoch < steps_per_epoch:
+                running["seconds"] += time.monotonic() - t0
+                t0 = time.monotonic()
+                _save_state(out, snapshot())
+                last_save = time.monotonic()
+        bar.close()
+        running["seconds"] += time.monotonic() - t0
+        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": running["loss_sum"] / max(1, running["n"]),
+                               "seconds": round(running["seconds"], 3),
+                               "images_per_s": round(running["n"] / max(running["seconds"], 1e-9), 1),
+                               "lr": sched.get_last_lr()[0]}
+        if val_pixels is not None:
+            row.update(_validate(model, val_pixels, val_tokens, val_labels, list(dataset.classes),
+                                 objective, config.batch_size))
+        history.append(row)
+        logger.info("epoch %d/%d  %s", epoch + 1, config.epochs,
+                    "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)))
+        epoch += 1
+        step_in_epoch = 0
+        running = {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
+        # Model first, then the resume state: a crash in between replays the epoch's save only.
+        save_checkpoint(model, out, extra={**ckpt_extra, "epochs_completed": epoch})
+        _save_state(out, snapshot())
+        atomic_write_json(out / HISTORY_FILE, history)
+        last_save = time.monotonic()
+    return FinetuneResult(str(out), config, tuple(history), resumed_from)
