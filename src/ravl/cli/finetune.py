@@ -1,0 +1,48 @@
+"""``ravl finetune``: contrastive fine-tuning on a dataset folder's image-caption pairs."""
+
+from __future__ import annotations
+
+from ravl.cli._common import add_model_arguments, model_from_args, print_table
+
+COMMAND = "finetune"
+HELP = "fine-tune a model on image-caption pairs (symmetric InfoNCE), resumable"
+DESCRIPTION = (HELP + ". Writes OUT/model.safetensors + OUT/config.json after every epoch and a resume state; "
+               "rerun the same command after an interruption to continue where it stopped.")
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser, checkpoint_help="weights to start from (default: the model's own initialisation)")
+    parser.add_argument("--model-seed", type=int, default=0, help="seed of the tiny CLIP's initial weights")
+    parser.add_argument("--data", required=True, help="dataset folder with metadata.jsonl (captions on train rows)")
+    parser.add_argument("--out", required=True, help="output checkpoint folder")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (use ~1e-5 for pretrained CLIPs)")
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0, help="data-order seed")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--val-split", default="val", help="split validated after each epoch ('none' to skip)")
+    parser.add_argument("--no-resume", action="store_true", help="ignore and overwrite an existing resume state")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    from ravl.data.dataset import load_dataset
+    from ravl.training.loop import FinetuneConfig, finetune
+
+    ds = load_dataset(args.data, require_fields=("caption",))
+    model_kwargs = {"seed": args.model_seed} if (args.model or "tiny") == "tiny" else {}
+    model = model_from_args(args, **model_kwargs)
+    val = None if str(args.val_split).lower() == "none" else args.val_split
+    cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, seed=args.seed, train_split=args.train_split,
+                         val_split=val)
+    init = {"model": model.name, "checkpoint": args.checkpoint, **model_kwargs}
+    res = finetune(model, ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, init=init)
+    rows = [[h["epoch"], f"{h['train_loss']:.4f}", f"{h.get('val_loss', float('nan')):.4f}",
+             f"{h.get('val_zero_shot_accuracy', float('nan')):.3f}", f"{h['images_per_s']:.0f}"] for h in res.history]
+    print_table(rows, ["epoch", "train loss", "val loss", "val zero-shot acc", "images/s"])
+    if res.resumed_from:
+        print(f"(resumed from epoch {res.resumed_from[0] + 1}, step {res.resumed_from[1]})")
+    print(f"checkpoint: {res.checkpoint_dir}")
+    return 0
