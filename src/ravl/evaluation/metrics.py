@@ -282,5 +282,6 @@ def check_setting_validity(result: EvaluationResult, spurious_class: str, *, min
     gap = w.accuracy - wo.accuracy
     rule = (f"accuracy({spurious_class!r} | {result.spurious_feature} present) - "
             f"accuracy({spurious_class!r} | absent) >= {min_gap} on split {result.split!r}")
-    return SettingValidity(bool(gap >= min_gap), spurious_class, w.accuracy, wo.accuracy, w.n, wo.n,
+    # A tolerance so that e.g. 0.6 - 0.4 counts as a gap of 0.2.
+    return SettingValidity(bool(gap >= min_gap - 1e-9), spurious_class, w.accuracy, wo.accuracy, w.n, wo.n,
                            float(gap), min_gap, rule)
