@@ -70,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RavlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `ravl validate DIR | head`
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted: finished results are saved; rerun the same command to resume.", file=sys.stderr)
         return 130

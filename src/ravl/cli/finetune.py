@@ -30,7 +30,7 @@ def run(args) -> int:
     from ravl.data.dataset import load_dataset
     from ravl.training.loop import FinetuneConfig, finetune
 
-    ds = load_dataset(args.data, require_fields=("caption",))
+    ds = load_dataset(args.data)  # finetune() checks that every training row has a caption
     model_kwargs = {"seed": args.model_seed} if (args.model or "tiny") == "tiny" else {}
     model = model_from_args(args, **model_kwargs)
     val = None if str(args.val_split).lower() == "none" else args.val_split

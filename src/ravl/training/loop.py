@@ -252,7 +252,10 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    train = dataset.subset(config.train_split)
+    try:
+        train = dataset.subset(config.train_split)
+    except ValueError:
+        train = dataset.subset(indices=[])
     if len(train) < 2:
         raise DatasetError(f"The '{config.train_split}' split of {dataset.root} has {len(train)} image(s); "
                            "fine-tuning needs at least 2. Check the 'split' field of metadata.jsonl.")
@@ -266,7 +269,8 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
     if config.val_split:
         try:
             val = dataset.subset(config.val_split)
-        except DatasetError:
+        except ValueError:  # DatasetError is a ValueError: no such split, no validation
+            logger.info("No %r split in %s: no validation after each epoch.", config.val_split, dataset.root)
             val = None
         if val is not None and len(val) == 0:
             val = None
