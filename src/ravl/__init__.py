@@ -45,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "discover": "ravl.discovery",
     "DiscoveryResult": "ravl.discovery",
     "precision_at_k": "ravl.discovery",
+    # report
+    "write_report": "ravl.report.html",
     # exceptions
     "RavlError": "ravl.exceptions",
     "DatasetError": "ravl.exceptions",

@@ -1,0 +1,155 @@
+"""A self-contained HTML report (images inlined) rendered from saved results only.
+
+``write_report(discovery, dataset, out_dir)`` reads a ``discovery.json`` (or its dict) and the
+images of the dataset it was computed on, and writes ``report.html`` plus PNG exports of every
+gallery and chart. It never computes a metric: rerun it on the same files and you get the same page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ravl.report import figures
+from ravl.utils.io import atomic_write, atomic_write_text
+
+__all__ = ["write_report"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem} h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
+.sub{color:#666;margin-top:0} table{border-collapse:collapse;font-size:.9rem;margin:.6rem 0}
+td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right} th{background:#f5f5f5} td:first-child,th:first-child{text-align:left}
+tr.hl td{background:#fff3f3;font-weight:600} .pill{display:inline-block;background:#d62728;color:#fff;border-radius:1rem;padding:.1rem .7rem;font-weight:600}
+.muted{color:#777} .row{display:flex;flex-wrap:wrap;gap:1.5rem;align-items:flex-start} img{max-width:100%;image-rendering:pixelated}
+.card{border:1px solid #e4e4e4;border-radius:8px;padding:1rem;margin:1rem 0;background:#fcfcfc} code{background:#f3f3f3;padding:0 .25rem}
+"""
+
+
+def _img_tag(png: bytes, alt: str, width: int | None = None) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    w = f' width="{width}"' if width else ""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"{w}>'
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return "–" if v != v else f"{v:.3f}"
+    return html.escape(str(v))
+
+
+def _write_png(path: Path, png: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
+
+
+def write_report(discovery: str | os.PathLike | dict[str, Any], dataset, out_dir: str | os.PathLike, *,
+                 max_regions: int = 20, max_features: int = 5, title: str | None = None,
+                 extra_sections: list[tuple[str, str]] | None = None) -> Path:
+    """Render ``report.html`` (self-contained) and PNG exports into ``out_dir``.
+
+    Args:
+        discovery: Path to ``discovery.json`` or its dict (see docs/discovery.md for the schema).
+        dataset: The :class:`~ravl.data.RegionDataset` (or its folder) the regions come from;
+            regions are found by their ``file_name`` and ``box``.
+        out_dir: Where ``report.html``, ``gallery_<rank>.png``, ``gaps_<rank>.png`` and
+            ``silhouette.png`` go.
+        max_regions: Regions shown per feature.
+        max_features: Discovered features shown.
+        title: Page title.
+        extra_sections: ``(heading, html)`` pairs appended (e.g. a mitigation table).
+
+    Returns:
+        Path of ``report.html``.
+    """
+    from ravl.data.dataset import load_dataset
+
+    if not isinstance(discovery, dict):
+        discovery = json.loads(Path(discovery).read_text(encoding="utf-8"))
+    if not hasattr(dataset, "records"):
+        dataset = load_dataset(dataset)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    index = {r.file_name: i for i, r in enumerate(dataset.records)}
+    cache: dict[int, Any] = {}
+
+    def image(file_name: str):
+        i = index.get(file_name)
+        if i is None:
+            return None
+        if i not in cache:
+            cache[i] = dataset.load_image(i)
+        return cache[i]
+
+    feats = list(discovery.get("features", []))
+    classes = list(discovery.get("classes", []))
+    parts = [f"<h1>{html.escape(title or 'ravl discovery report')}</h1>"]
+    cfg = discovery.get("config", {})
+    meta = [f"{len(feats)} feature(s) kept"]
+    if discovery.get("n_regions") is not None:
+        meta.append(f"{discovery['n_regions']} regions of {discovery.get('n_images', '?')} images")
+    if discovery.get("chosen_k") is not None:
+        meta.append(f"K = {discovery['chosen_k']}")
+    if discovery.get("region_mode"):
+        meta.append(f"region embeddings: {discovery['region_mode']}")
+    if discovery.get("model"):
+        meta.append(f"model: {discovery['model']}")
+    parts.append(f'<p class="sub">{html.escape(" · ".join(meta))}</p>')
+    if discovery.get("message"):
+        parts.append(f'<p class="card">{html.escape(str(discovery["message"]))}</p>')
+    if not feats:
+        parts.append('<p class="card">No cluster passed the spurious-pattern and influence filter: ravl found no '
+                     "region feature that the model ties to a class on this data.</p>")
+
+    for f in feats[:max_features]:
+        rank = f.get("rank", feats.index(f) + 1)
+        cls = f.get("class")
+        parts.append(f"<h2>Feature {rank}: tied to <span class=\"pill\">{html.escape(str(cls))}</span></h2>")
+        parts.append(f'<p class="muted">cluster {f.get("cluster")} · {len(f.get("regions", []))} regions · '
+                     f'gap G = {_fmt(f.get("gap"))} · influence H = {_fmt(f.get("influence"))}</p>')
+        tiles = []
+        for reg in f.get("regions", [])[:max_regions]:
+            img = image(reg.get("file_name", ""))
+            if img is not None and reg.get("box") is not None:
+                tiles.append(figures.region_tile(img, reg["box"], size=96))
+        if tiles:
+            gal = figures.png_bytes(figures.region_gallery(tiles, columns=4))
+            _write_png(out / f"gallery_{rank}.png", gal)
+            parts.append(f"<h3>Top regions (crop, and the box on the full image)</h3>{_img_tag(gal, 'regions')}")
+        table = f.get("table", [])
+        if table:
+            chart = figures.gap_chart([t["class"] for t in table], [t.get("accuracy_present") for t in table],
+                                      [t.get("accuracy_absent") for t in table], highlight=cls,
+                                      title="zero-shot accuracy with vs without the feature")
+            _write_png(out / f"gaps_{rank}.png", chart)
+            rows = "".join(
+                f'<tr class="{"hl" if t["class"] == cls else ""}"><td>{html.escape(str(t["class"]))}</td>'
+                f'<td>{_fmt(t.get("accuracy_present"))} ({_fmt(t.get("n_present"))})</td>'
+                f'<td>{_fmt(t.get("accuracy_absent"))} ({_fmt(t.get("n_absent"))})</td>'
+                f'<td>{_fmt(t.get("gap"))}</td></tr>' for t in table)
+            parts.append('<div class="row"><div>' + _img_tag(chart, "accuracy chart") + "</div><div>"
+                         "<table><tr><th>class</th><th>with feature (n)</th><th>without (n)</th>"
+                         f"<th>weighted gap Δ</th></tr>{rows}</table></div></div>")
+
+    sil = discovery.get("silhouettes") or {}
+    if sil:
+        ks = sorted(int(k) for k in sil)
+        chart = figures.silhouette_chart(ks, [sil[str(k)] if str(k) in sil else sil[k] for k in ks],
+                                         chosen=discovery.get("chosen_k"))
+        _write_png(out / "silhouette.png", chart)
+        parts.append("<h2>Choosing the number of clusters</h2>" + _img_tag(chart, "silhouette vs K"))
+    for heading, body in extra_sections or []:
+        parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
+    if cfg:
+        parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(cfg, indent=2)) + "</pre>")
+    if classes:
+        parts.append(f'<p class="muted">classes: {html.escape(", ".join(map(str, classes)))}</p>')
+    page = ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title or 'ravl discovery report')}</title><style>{_CSS}</style></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
+    return atomic_write_text(out / "report.html", page)
