@@ -203,8 +203,7 @@ def _validate(model, pixels: PixelStore, tokens: torch.Tensor, labels: np.ndarra
         idx = list(range(start, min(start + batch_size, len(pixels))))
         px = pixels.get(idx).to(dev)
         if len(idx) >= 2:
-            out = objective(model, {"pixels": px, "tokens": tokens[idx].to(dev),
-                                    "indices": torch.as_tensor(idx)})
+            out = objective(model, {"pixels": px, "tokens": tokens[idx].to(dev)})
             losses.append(float(out["loss"]) * len(idx))
         embs.append(torch.nn.functional.normalize(model.encode_image(px).float(), dim=-1).cpu())
     res: dict[str, float] = {"val_loss": sum(losses) / max(1, len(pixels))}
@@ -220,7 +219,8 @@ def _validate(model, pixels: PixelStore, tokens: torch.Tensor, labels: np.ndarra
 def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig | None = None, *,
              objective: Callable[..., dict[str, torch.Tensor]] | None = None,
              resume: bool = True, progress: bool = True, init: dict[str, Any] | None = None,
-             extra_state: Callable[[], dict[str, Any]] | None = None) -> FinetuneResult:
+             extra_state: Callable[[], dict[str, Any]] | None = None,
+             epoch_order: Callable[[int], torch.Tensor] | None = None) -> FinetuneResult:
     """Fine-tune ``model`` in place on the image-caption pairs of ``dataset``.
 
     Args:
@@ -235,8 +235,10 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         progress: Show progress bars.
         init: Where the weights came from before fine-tuning (recorded in the checkpoint so that
             mitigation can restart from the same point), e.g. ``{"model": "tiny", "seed": 0}``.
-        extra_state: Optional callable whose dict is saved with the resume state (for objectives
-            with state of their own, e.g. group DRO weights).
+        extra_state: Optional callable whose dict is saved with the resume state.
+        epoch_order: ``epoch_order(epoch) -> LongTensor`` of training-split positions to visit in
+            that epoch (e.g. group-balanced upsampling); it must be deterministic in ``epoch`` for
+            exact resumption. Default: a permutation drawn from ``(config.seed, epoch)``.
 
     Returns:
         A :class:`FinetuneResult`.
@@ -301,9 +303,10 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    n_epoch = len(epoch_order(0)) if epoch_order else len(train)
+    steps_per_epoch = math.ceil(n_epoch / config.batch_size)
     # Drop a trailing batch of one: contrastive losses need two pairs.
-    if len(train) % config.batch_size == 1:
+    if n_epoch % config.batch_size == 1:
         steps_per_epoch -= 1
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(config.warmup_fraction * total)))
@@ -347,15 +350,16 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
     module.train()
     last_save = time.monotonic()
     while epoch < config.epochs:
-        order = _epoch_order(len(train), config.seed, epoch)
+        order = epoch_order(epoch) if epoch_order else _epoch_order(len(train), config.seed, epoch)
+        if hasattr(objective, "set_epoch"):
+            objective.set_epoch(epoch)
         bar = _progress(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                         disable=None if progress else True)
         t0 = time.monotonic()
         while step_in_epoch < steps_per_epoch:
             idx = order[step_in_epoch * config.batch_size:(step_in_epoch + 1) * config.batch_size]
             batch = {"pixels": pixels.get(idx).to(dev), "tokens": tokens[idx].to(dev), "indices": idx}
-            out_losses = objective(model, batch)
-            loss = out_losses["loss"]
+            loss = objective(model, batch)["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"Loss became {float(loss)} at epoch {epoch + 1}, step "
                                          f"{step_in_epoch + 1}; lower the learning rate (lr={config.lr}).")
@@ -367,7 +371,7 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
             sched.step()
             _clamp_logit_scale(model)
             step_in_epoch += 1
-            running["loss_sum"] += float(loss) * len(idx)
+            running["loss_sum"] += float(loss.detach()) * len(idx)
             running["n"] += len(idx)
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3f}")
@@ -384,8 +388,9 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
                                "images_per_s": round(running["n"] / max(running["seconds"], 1e-9), 1),
                                "lr": sched.get_last_lr()[0]}
         if val_pixels is not None:
-            row.update(_validate(model, val_pixels, val_tokens, val_labels, list(dataset.classes),
-                                 objective, config.batch_size))
+            # Validation uses the standard contrastive loss for every objective, so runs compare.
+        row.update(_validate(model, val_pixels, val_tokens, val_labels, list(dataset.classes),
+                             ContrastiveObjective(), config.batch_size))
         history.append(row)
         logger.info("epoch %d/%d  %s", epoch + 1, config.epochs,
                     "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)))
