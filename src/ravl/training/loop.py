@@ -389,8 +389,8 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
                                "lr": sched.get_last_lr()[0]}
         if val_pixels is not None:
             # Validation uses the standard contrastive loss for every objective, so runs compare.
-        row.update(_validate(model, val_pixels, val_tokens, val_labels, list(dataset.classes),
-                             ContrastiveObjective(), config.batch_size))
+            row.update(_validate(model, val_pixels, val_tokens, val_labels, list(dataset.classes),
+                                 ContrastiveObjective(), config.batch_size))
         history.append(row)
         logger.info("epoch %d/%d  %s", epoch + 1, config.epochs,
                     "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)))
