@@ -32,13 +32,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from ravl.data.dataset import load_dataset
-    from ravl.data.synthetic import make_spurious_benchmark
+    from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
     from ravl.evaluation.metrics import check_setting_validity, evaluate
     from ravl.models import load_model
     from ravl.training.loop import FinetuneConfig, finetune
     from ravl.utils.io import atomic_write_json
-    from ravl.zeroshot import DIGIT_TEMPLATES
-
+    
     rows = []
     for feat in args.features:
         for v in args.strengths:
@@ -54,7 +53,7 @@ def main(argv=None) -> int:
             ev = load_dataset(s.eval_dir)
             res = {}
             for split in ("val", "test"):
-                r = evaluate(model, ev, split=split, templates=DIGIT_TEMPLATES, spurious_feature=feat, regions=False)
+                r = evaluate(model, ev, split=split, templates=CAPTION_TEMPLATES, spurious_feature=feat, regions=False)
                 res[split] = r
             val = check_setting_validity(res["val"], s.spurious_class)
             test = res["test"].image

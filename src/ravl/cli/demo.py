@@ -34,14 +34,17 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ravl.cli.evaluate import print_evaluation
     from ravl.data.dataset import load_dataset
-    from ravl.data.synthetic import make_spurious_benchmark
+    from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
     from ravl.evaluation.metrics import check_setting_validity, evaluate
     from ravl.models import load_model
     from ravl.training.loop import FinetuneConfig, finetune
-    from ravl.zeroshot import DIGIT_TEMPLATES
-
+    
     out = Path(args.out)
     t0 = time.monotonic()
+    if args.quiet:
+        import os
+
+        os.environ["RAVL_PROGRESS"] = "0"
     progress = not args.quiet
     print(f"[1/3] building the setting: {args.feature} <-> {args.spurious_class!r}, Cramér's V = {args.cramers_v}")
     setting = make_spurious_benchmark(out / "setting", spurious_class=args.spurious_class, feature=args.feature,
@@ -59,11 +62,12 @@ def run(args) -> int:
           f"{last.get('val_zero_shot_accuracy', float('nan')):.3f}; checkpoint {res.checkpoint_dir}")
 
     print("[3/3] zero-shot evaluation on held-out images where the feature is independent of the class")
+    print("      (prompts: the caption templates, the only text this model has seen)")
     ev = load_dataset(setting.eval_dir, require_fields=("label",))
-    val = evaluate(model, ev, split="val", templates=DIGIT_TEMPLATES, spurious_feature=setting.feature,
+    val = evaluate(model, ev, split="val", templates=CAPTION_TEMPLATES, spurious_feature=setting.feature,
                    regions=False, progress=progress)
     validity = check_setting_validity(val, setting.spurious_class)
-    test = evaluate(model, ev, split="test", templates=DIGIT_TEMPLATES, spurious_feature=setting.feature,
+    test = evaluate(model, ev, split="test", templates=CAPTION_TEMPLATES, spurious_feature=setting.feature,
                     progress=progress)
     print()
     print_evaluation(test, setting.spurious_class)
