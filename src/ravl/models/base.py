@@ -134,12 +134,13 @@ def list_models() -> list[ModelInfo]:
     return [info for info, _ in sorted(_REGISTRY.values(), key=lambda t: t[0].name)]
 
 
-def load_model(name: str, checkpoint: str | Path | None = None, *,
+def load_model(name: str | None, checkpoint: str | Path | None = None, *,
                device: str | torch.device | None = None, **kwargs: Any) -> VisionLanguageModel:
     """Build a model by registry name, optionally loading weights from a checkpoint.
 
     Args:
-        name: ``"tiny"``, ``"open_clip:ARCH"``, ``"hf:/path/to/dir"`` (see :func:`list_models`).
+        name: ``"tiny"``, ``"open_clip:ARCH"``, ``"hf:/path/to/dir"`` (see :func:`list_models`),
+            or ``None`` to use the name stored in a ravl ``checkpoint`` folder's ``config.json``.
         checkpoint: A ravl checkpoint folder (``model.safetensors`` + ``config.json``) or a
             backend-specific weights file. ``None`` builds fresh (random or, for the tiny CLIP,
             seeded) weights.
@@ -151,6 +152,13 @@ def load_model(name: str, checkpoint: str | Path | None = None, *,
             closest matches.
     """
     _ensure_builtin_registered()
+    if name is None:
+        if checkpoint is None:
+            raise ValueError("load_model needs a model name, or a ravl checkpoint folder to read it from. "
+                             "Got name=None and checkpoint=None.")
+        from ravl.models.checkpoint import read_checkpoint_config
+
+        name = read_checkpoint_config(checkpoint)["model"]
     entry = _REGISTRY.get(name)
     if entry is None:
         for key, val in _REGISTRY.items():

@@ -1,0 +1,113 @@
+"""The model registry, and the protocol battery run over every adapter that builds offline."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ravl.exceptions import MissingDependencyError, ModelNotFoundError
+from ravl.models import VisionLanguageModel, list_models, load_model, register_model
+from ravl.models.base import _REGISTRY
+
+OPTIONAL = ("open_clip", "transformers", "torchvision")
+
+
+def _offline_names():
+    # Exact names whose backend is in the core (prefix entries need an architecture or path).
+    return [i.name for i in list_models() if not i.name.endswith(":") and i.extra is None]
+
+
+def test_list_models_has_builtin_and_prefixes():
+    names = [i.name for i in list_models()]
+    assert names == sorted(names)
+    assert {"tiny", "open_clip:", "hf:"} <= set(names)
+    info = {i.name: i for i in list_models()}
+    assert info["tiny"].extra is None and info["tiny"].description
+    assert info["open_clip:"].extra == "open_clip"
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model("tiyn")
+    msg = str(err.value)
+    assert "Unknown model 'tiyn'" in msg and "Did you mean 'tiny'" in msg and "open_clip:" in msg
+    assert isinstance(err.value, KeyError)
+    with pytest.raises(ModelNotFoundError, match="Known models"):
+        load_model("completely-different")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("open_clip") is not None, reason="open_clip is installed")
+def test_missing_backend_gives_install_hint():
+    with pytest.raises(MissingDependencyError, match=r"pip install 'ravl\[open_clip\]'"):
+        load_model("open_clip:RN50")
+
+
+def test_register_a_new_backend():
+    from ravl.models.tiny import build_tiny_clip
+
+    @register_model("test-backend", description="a test entry")
+    def _factory(name, checkpoint=None, **kwargs):
+        return build_tiny_clip(name=name, **kwargs)
+
+    try:
+        m = load_model("test-backend", seed=2, device="cpu")
+        assert m.name == "test-backend" and isinstance(m, VisionLanguageModel)
+    finally:
+        _REGISTRY.pop("test-backend")
+
+
+@pytest.mark.parametrize("name", _offline_names())
+def test_protocol_battery(name, tmp_path):
+    """What every adapter must do, checked only through the protocol."""
+    from ravl.models.checkpoint import save_checkpoint
+    from ravl.models.regions import REGION_MODES, embed_images, embed_regions
+
+    m = load_model(name, device="cpu")
+    assert isinstance(m, VisionLanguageModel)
+    assert m.name == name and isinstance(m.embed_dim, int) and m.embed_dim > 0
+    h, w = m.image_size
+    assert isinstance(m.module, torch.nn.Module) and m.device.type == "cpu"
+    json.dumps(m.config())
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (hh, ww, 3), dtype=np.uint8)) for ww, hh in [(w, h), (3 * w, h)]]
+    px = m.preprocess(images)
+    assert px.shape == (2, 3, h, w) and px.dtype == torch.float32
+    tokens = m.tokenize(["a photo of a seven", "ünïcødé ✓ " * 50])
+    assert tokens.ndim == 2 and tokens.shape[0] == 2
+    with torch.no_grad():
+        assert m.encode_image(px).shape == (2, m.embed_dim)
+        assert m.encode_text(tokens).shape == (2, m.embed_dim)
+        assert m.logit_scale().ndim == 0 and float(m.logit_scale()) > 0
+    img = embed_images(m, images, progress=False)
+    boxes = [[[0, 0, w, h]], [[0, 0, 3 * w, h], [0, 0, w, h // 2]]]
+    for mode in REGION_MODES:
+        try:
+            reg = embed_regions(m, images, boxes=boxes, mode=mode, progress=False)
+        except NotImplementedError:
+            assert mode == "roi"
+            continue
+        assert reg.shape == (3, m.embed_dim)
+        if mode != "roi":  # a full-image box in masked / crop mode is the image itself
+            assert np.allclose(reg[[0, 1]], img, atol=1e-4)
+    out = save_checkpoint(m, tmp_path / "ckpt")
+    again = load_model(None, checkpoint=out)
+    with torch.no_grad():
+        assert torch.equal(again.encode_image(px), m.encode_image(px))
+
+
+def test_import_ravl_does_not_import_optional_backends():
+    code = (
+        "import sys, ravl\n"
+        "m = ravl.load_model('tiny')\n"
+        "import ravl.models.regions, ravl.models.checkpoint, ravl.models.tokenizer\n"
+        "ravl.list_models()\n"
+        f"print([n for n in {OPTIONAL!r} if n in sys.modules])\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
