@@ -1,0 +1,93 @@
+"""``ravl discover``: which image regions does the model tie to which class? (RaVL Stage 1)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ravl.cli._common import add_data_class_arguments, add_model_arguments, model_from_args, templates_from_args
+
+COMMAND = "discover"
+HELP = "discover region features the model spuriously ties to a class; writes discovery.json and report.html"
+DESCRIPTION = (HELP + ". Runs on a labelled evaluation split in which the correlation does not hold (default 'val').")
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--data", required=True, help="dataset folder with metadata.jsonl (labels on every row)")
+    parser.add_argument("--split", default="val", help="split to examine ('all' for every row)")
+    add_data_class_arguments(parser)
+    parser.add_argument("--out", required=True, help="output folder for discovery.json, report.html and PNGs")
+    parser.add_argument("--region-mode", default=None, choices=["masked", "roi", "crop"],
+                        help="how regions are embedded (default: masked)")
+    parser.add_argument("--scoring", default="ravl", choices=["ravl", "gap_only", "influence_only", "unweighted"],
+                        help="full RaVL or one of the paper's ablations")
+    parser.add_argument("--influence-threshold", type=float, default=0.25)
+    parser.add_argument("--k-min", type=int, default=None, help="smallest K tried (default 2C)")
+    parser.add_argument("--k-max", type=int, default=None, help="largest K tried (default 5C-1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--truth", default=None,
+                        help="region attribute of the planted feature: prints Precision@10 of each feature")
+    parser.add_argument("--no-report", action="store_true", help="only write discovery.json")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def print_discovery(result, truth_p10: list[float] | None = None, max_features: int = 3) -> None:
+    """Print the top discovered features and their per-class tables."""
+    from ravl.cli._common import fmt, print_table
+
+    d = result.to_dict() if hasattr(result, "to_dict") else result
+    feats = d.get("features", [])
+    if not feats:
+        print(f"No spurious feature found. {d.get('message') or ''}".strip())
+        return
+    print(f"{len(feats)} feature(s) found (K = {d.get('chosen_k')}).")
+    for j, f in enumerate(feats[:max_features]):
+        extra = f", P@10 = {truth_p10[j]:.2f}" if truth_p10 else ""
+        print(f"\nfeature {f.get('rank', j + 1)}: tied to {f['class']!r} (gap {fmt(f.get('gap'))}, "
+              f"influence {fmt(f.get('influence'))}, {len(f.get('regions', []))} regions{extra})")
+        rows = [[t["class"], f"{fmt(t.get('accuracy_present'))} ({t.get('n_present')})",
+                 f"{fmt(t.get('accuracy_absent'))} ({t.get('n_absent')})", fmt(t.get("gap"))]
+                for t in f.get("table", [])]
+        print_table(rows, ["class", "acc. with feature (n)", "acc. without (n)", "weighted gap"])
+
+
+def run(args) -> int:
+    from ravl.data.dataset import load_dataset
+    from ravl.discovery import precision_at_k
+    from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
+    from ravl.report import write_report
+    from ravl.utils.io import atomic_write_json
+
+    split = None if args.split == "all" else args.split
+    ds = load_dataset(args.data, classes=args.classes, require_fields=("label",))
+    model = model_from_args(args)
+    inputs = discovery_inputs(model, ds, split=split, templates=templates_from_args(args),
+                              region_mode=args.region_mode, progress=not args.quiet)
+    kw = {}
+    if args.k_min is not None or args.k_max is not None:
+        c = len(inputs.classes)
+        kw["k_range"] = (args.k_min or 2 * c, args.k_max or 5 * c - 1)
+    result = discover_on_inputs(inputs, scoring=args.scoring, influence_threshold=args.influence_threshold,
+                                random_state=args.seed, **kw)
+    d = result.to_dict()
+    d.update({"model": model.name, "checkpoint": args.checkpoint, "data": str(Path(args.data).resolve()),
+              "split": split, "region_mode": inputs.region_mode, "n_images": int(len(inputs.image_labels)),
+              "n_regions": int(len(inputs.region_embeddings))})
+    p10 = None
+    if args.truth:
+        if inputs.region_attributes is None:
+            print("--truth needs region_attributes in metadata.jsonl; Precision@10 not computed.")
+        else:
+            p10 = []
+            for f in d.get("features", []):
+                ranked = [inputs.region_attributes[r["region_index"]] for r in f["regions"]]
+                f["precision_at_10"] = float(precision_at_k(ranked, args.truth, k=10))
+                p10.append(f["precision_at_10"])
+    out = Path(args.out)
+    atomic_write_json(out / "discovery.json", d)
+    print_discovery(d, p10)
+    print(f"\nwrote {out / 'discovery.json'}")
+    if not args.no_report:
+        page = write_report(d, ds, out, title=f"ravl discovery: {model.name} on {Path(args.data).name}")
+        print(f"wrote {page} (open it in a browser)")
+    return 0
