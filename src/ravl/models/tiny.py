@@ -11,7 +11,7 @@ Architecture (defaults)::
          widths 32-48-64-96-96, strides 2-2-1-2-1        -> feature map [N, 96, 7, 7]
       -> global average pool -> LayerNorm -> Linear      -> image embedding [N, 128]
     text tokens [N, 32] (UTF-8 bytes, BOS/EOS/PAD)
-      -> byte + position embeddings, 2 causal pre-LN transformer blocks (width 128, 4 heads)
+      -> byte + position embeddings, 2 causal pre-LN transformer blocks (width 64, 4 heads)
       -> LayerNorm, features at EOS -> Linear            -> text embedding [N, 128]
     logit_scale: learned, initialised to log(1 / 0.07)
 
@@ -43,7 +43,7 @@ from torch import nn
 
 from ravl.models.base import register_model
 from ravl.models.tokenizer import EOS_ID, PAD_ID, VOCAB_SIZE, ByteTokenizer
-from ravl.utils.validation import check_choice, check_float, check_int
+from ravl.utils.validation import check_float, check_int
 
 __all__ = ["TinyCLIPConfig", "TinyCLIP", "TinyCLIPAdapter", "build_tiny_clip", "CLIP_MEAN", "CLIP_STD"]
 
@@ -67,8 +67,6 @@ class TinyCLIPConfig:
         text_layers: Number of text transformer blocks.
         text_heads: Attention heads; must divide ``text_width``.
         context_length: T, tokens per text (BOS + UTF-8 bytes + EOS, padded/truncated).
-        text_pool: ``"eos"``: the text embedding is the features at the EOS token (CLIP);
-            ``"mean"``: the mean over all non-padding tokens.
         vocab_size: Token ids (256 bytes + PAD, BOS, EOS).
         lower_case: Whether the tokenizer lower-cases text.
         roi_samples: ``s``, sampling points per box side in ``encode_roi``; ``None`` means the
@@ -82,11 +80,10 @@ class TinyCLIPConfig:
     conv_widths: tuple[int, ...] = (32, 48, 64, 96, 96)
     conv_strides: tuple[int, ...] = (2, 2, 1, 2, 1)
     embed_dim: int = 128
-    text_width: int = 128
+    text_width: int = 64
     text_layers: int = 2
     text_heads: int = 4
     context_length: int = 32
-    text_pool: str = "eos"
     vocab_size: int = VOCAB_SIZE
     lower_case: bool = True
     roi_samples: int | None = None
@@ -120,7 +117,6 @@ class TinyCLIPConfig:
             raise ValueError(f"The 'text_width' parameter of {c} must be divisible by text_heads="
                              f"{self.text_heads}. Got {self.text_width} instead.")
         check_int(self.context_length, "context_length", c, low=3)
-        check_choice(self.text_pool, "text_pool", c, ("eos", "mean"))
         check_int(self.vocab_size, "vocab_size", c, low=VOCAB_SIZE)
         if self.roi_samples is not None:
             check_int(self.roi_samples, "roi_samples", c, low=1)
@@ -296,11 +292,7 @@ class TinyCLIP(nn.Module):
         x = self.token_embedding(tokens) + self.positional_embedding[:tokens.shape[1]]
         for blk in self.text_blocks:
             x = blk(x)
-        if self.config.text_pool == "mean":
-            valid = (tokens != PAD_ID).unsqueeze(-1).to(x.dtype)
-            x = self.text_norm((x * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1))
-        else:
-            x = self.text_norm(x[torch.arange(x.shape[0], device=x.device), last])
+        x = self.text_norm(x[torch.arange(x.shape[0], device=x.device), last])
         return self.text_proj(x)
 
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
