@@ -79,6 +79,8 @@ def test_non_default_architecture_round_trips(tmp_path):
     load_model("tiny", checkpoint=out, embed_dim=32)
     with pytest.raises(ValueError, match="conflicts with the checkpoint"):
         load_model("tiny", checkpoint=out, embed_dim=64)
+    with pytest.raises(ValueError, match="Unknown option"):
+        load_model("tiny", checkpoint=out, embed_dimm=32)
 
 
 def test_overwrite_replaces_checkpoint(saved):

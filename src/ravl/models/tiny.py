@@ -413,14 +413,12 @@ def _tiny_factory(name: str, checkpoint=None, seed: int = 0, **config_overrides:
         **config_overrides: :class:`TinyCLIPConfig` fields. With a checkpoint they must agree
             with the stored architecture.
     """
+    known = sorted(f.name for f in fields(TinyCLIPConfig))
+    bad = sorted(set(config_overrides) - set(known))
+    if bad:
+        raise ValueError(f"Unknown option(s) {bad} for model 'tiny'; TinyCLIPConfig fields are {known}.")
     if checkpoint is None:
-        try:
-            cfg = TinyCLIPConfig(**config_overrides)
-        except TypeError:
-            known = sorted(f.name for f in fields(TinyCLIPConfig))
-            bad = sorted(set(config_overrides) - set(known))
-            raise ValueError(f"Unknown option(s) {bad} for model 'tiny'; TinyCLIPConfig fields are {known}.") from None
-        return build_tiny_clip(cfg, seed=seed, name=name)
+        return build_tiny_clip(TinyCLIPConfig(**config_overrides), seed=seed, name=name)
 
     from ravl.exceptions import CheckpointError
     from ravl.models.checkpoint import load_state_dict_checked, read_checkpoint
@@ -432,8 +430,8 @@ def _tiny_factory(name: str, checkpoint=None, seed: int = 0, **config_overrides:
         raise CheckpointError(f"{path / 'config.json'} has an invalid 'model_config' for model 'tiny' ({exc}). "
                               "Re-save the checkpoint with this version of ravl.") from None
     for key, value in config_overrides.items():
-        current = getattr(cfg, key, None)
-        if not hasattr(cfg, key) or TinyCLIPConfig.from_dict({**cfg.to_dict(), key: value}) != cfg:
+        current = getattr(cfg, key)
+        if TinyCLIPConfig.from_dict({**cfg.to_dict(), key: value}) != cfg:
             raise ValueError(f"Option {key}={value!r} conflicts with the checkpoint {path} "
                              f"({key}={current!r}); the architecture is fixed by the checkpoint. "
                              "Drop the option or load without a checkpoint.")
