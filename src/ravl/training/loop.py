@@ -374,7 +374,7 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
             running["loss_sum"] += float(loss.detach()) * len(idx)
             running["n"] += len(idx)
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
             if config.checkpoint_interval_s and time.monotonic() - last_save > config.checkpoint_interval_s \
                     and step_in_epoch < steps_per_epoch:
                 running["seconds"] += time.monotonic() - t0
