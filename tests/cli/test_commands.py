@@ -1,0 +1,71 @@
+"""The CLI run in-process on small settings."""
+
+import json
+
+import pytest
+
+from ravl.cli import build_parser, main
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("demo", "make-benchmark", "finetune", "evaluate", "discover", "benchmark", "validate", "models"):
+        assert cmd in out
+
+
+def test_models_lists_tiny(capsys):
+    assert main(["models"]) == 0
+    assert "tiny" in capsys.readouterr().out
+
+
+def test_finetune_then_evaluate(small_setting, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    assert main(["finetune", "--data", str(small_setting.train_dir), "--out", str(ckpt), "--epochs", "1",
+                 "--batch-size", "64", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint:" in out and (ckpt / "config.json").exists()
+    # rerun resumes a finished run without training again
+    assert main(["finetune", "--data", str(small_setting.train_dir), "--out", str(ckpt), "--epochs", "1",
+                 "--batch-size", "64", "--quiet"]) == 0
+    assert "resumed from epoch 2" in capsys.readouterr().out
+
+    js = tmp_path / "metrics.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(small_setting.eval_dir), "--split", "test",
+                 "--json", str(js), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "spurious feature 'red_square'" in out and "worst group (image)" in out and "validity:" in out
+    d = json.loads(js.read_text())
+    ev = d["evaluation"]
+    assert ev["split"] == "test" and ev["n_images"] == sum(
+        1 for line in (small_setting.eval_dir / "metadata.jsonl").read_text().splitlines() if '"test"' in line)
+    assert len(ev["image"]["groups"]) == 20 and ev["core_region"] is not None
+    assert d["validity"]["spurious_class"] == "nine"
+
+
+def test_evaluate_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["evaluate", "--data", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "nope" in err
+
+
+def test_templates_file(small_setting, tmp_path, trained_tiny, capsys):
+    _, ckpt = trained_tiny
+    t = tmp_path / "templates.txt"
+    t.write_text("# digits\nthe number is a {}\n")
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(small_setting.eval_dir), "--split", "val",
+                 "--templates", str(t), "--no-regions", "--quiet"]) == 0
+    t.write_text("no placeholder\n")
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(small_setting.eval_dir),
+                 "--templates", str(t), "--quiet"]) == 1
+    assert "placeholder" in capsys.readouterr().err
+
+
+def test_parser_defaults_match_library():
+    from ravl.training.loop import FinetuneConfig
+
+    args = build_parser().parse_args(["finetune", "--data", "d", "--out", "o"])
+    cfg = FinetuneConfig()
+    assert (args.epochs, args.batch_size, args.lr, args.weight_decay) == (cfg.epochs, cfg.batch_size, cfg.lr,
+                                                                           cfg.weight_decay)
