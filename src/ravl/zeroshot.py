@@ -57,7 +57,7 @@ def read_templates(path: str | Path) -> tuple[str, ...]:
     from ravl.exceptions import DatasetError
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise DatasetError(f"Template file {path} does not exist. Give a text file with one template "
                            "per line, each containing '{}' where the class name goes.")
     out = []

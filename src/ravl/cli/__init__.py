@@ -66,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    if getattr(args, "quiet", False):
+        import os
+
+        os.environ["RAVL_PROGRESS"] = "0"  # every progress bar, library ones included
     try:
         return int(args._run(args) or 0)
     except RavlError as exc:

@@ -41,10 +41,6 @@ def run(args) -> int:
     
     out = Path(args.out)
     t0 = time.monotonic()
-    if args.quiet:
-        import os
-
-        os.environ["RAVL_PROGRESS"] = "0"
     progress = not args.quiet
     print(f"[1/3] building the setting: {args.feature} <-> {args.spurious_class!r}, Cramér's V = {args.cramers_v}")
     setting = make_spurious_benchmark(out / "setting", spurious_class=args.spurious_class, feature=args.feature,

@@ -40,13 +40,13 @@ def print_discovery(result, truth_p10: list[float] | None = None, max_features: 
     if not feats:
         print(f"No spurious feature found. {d.get('message') or ''}".strip())
         return
-    print(f"{len(feats)} feature(s) found (K = {d.get('chosen_k')}).")
+    print(f"{len(feats)} feature(s) found (K = {d.get('n_clusters')}).")
     for j, f in enumerate(feats[:max_features]):
         extra = f", P@10 = {truth_p10[j]:.2f}" if truth_p10 else ""
         print(f"\nfeature {f.get('rank', j + 1)}: tied to {f['class']!r} (gap {fmt(f.get('gap'))}, "
               f"influence {fmt(f.get('influence'))}, {len(f.get('regions', []))} regions{extra})")
-        rows = [[t["class"], f"{fmt(t.get('accuracy_present'))} ({t.get('n_present')})",
-                 f"{fmt(t.get('accuracy_absent'))} ({t.get('n_absent')})", fmt(t.get("gap"))]
+        rows = [[t["class"], f"{fmt(t.get('acc_present'))} ({t.get('n_present')})",
+                 f"{fmt(t.get('acc_absent'))} ({t.get('n_absent')})", fmt(t.get("gap"))]
                 for t in f.get("table", [])]
         print_table(rows, ["class", "acc. with feature (n)", "acc. without (n)", "weighted gap"])
 
@@ -63,16 +63,12 @@ def run(args) -> int:
     model = model_from_args(args)
     inputs = discovery_inputs(model, ds, split=split, templates=templates_from_args(args),
                               region_mode=args.region_mode, progress=not args.quiet)
-    kw = {}
-    if args.k_min is not None or args.k_max is not None:
-        c = len(inputs.classes)
-        kw["k_range"] = (args.k_min or 2 * c, args.k_max or 5 * c - 1)
-    result = discover_on_inputs(inputs, scoring=args.scoring, influence_threshold=args.influence_threshold,
-                                random_state=args.seed, **kw)
+    meta = {"model": model.name, "checkpoint": args.checkpoint, "data": str(Path(args.data).resolve()),
+            "split": split, "region_mode": inputs.region_mode}
+    result = discover_on_inputs(inputs, scoring=args.scoring, min_influence=args.influence_threshold,
+                                k_min=args.k_min, k_max=args.k_max, random_state=args.seed,
+                                progress=not args.quiet, meta=meta)
     d = result.to_dict()
-    d.update({"model": model.name, "checkpoint": args.checkpoint, "data": str(Path(args.data).resolve()),
-              "split": split, "region_mode": inputs.region_mode, "n_images": int(len(inputs.image_labels)),
-              "n_regions": int(len(inputs.region_embeddings))})
     p10 = None
     if args.truth:
         if inputs.region_attributes is None:

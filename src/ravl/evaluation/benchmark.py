@@ -69,7 +69,7 @@ def _ravl_method(scoring: str) -> Callable[..., dict[str, Any]]:
     def run(inputs, random_state: int = 0) -> dict[str, Any]:
         from ravl.discovery.pipeline import discover_on_inputs
 
-        res = discover_on_inputs(inputs, scoring=scoring, random_state=random_state)
+        res = discover_on_inputs(inputs, scoring=scoring, random_state=random_state, progress=False)
         if not res.features:
             return {"ranked_regions": [], "class": None, "n_features": 0}
         top = res.features[0]

@@ -93,12 +93,16 @@ def write_report(discovery: str | os.PathLike | dict[str, Any], dataset, out_dir
     meta = [f"{len(feats)} feature(s) kept"]
     if discovery.get("n_regions") is not None:
         meta.append(f"{discovery['n_regions']} regions of {discovery.get('n_images', '?')} images")
-    if discovery.get("chosen_k") is not None:
-        meta.append(f"K = {discovery['chosen_k']}")
-    if discovery.get("region_mode"):
-        meta.append(f"region embeddings: {discovery['region_mode']}")
-    if discovery.get("model"):
-        meta.append(f"model: {discovery['model']}")
+    prov = discovery.get("meta") or {}
+    if discovery.get("n_clusters") is not None:
+        sil = discovery.get("silhouette")
+        meta.append(f"K = {discovery['n_clusters']}" + (f" (silhouette {sil:.3f})" if sil is not None else ""))
+    if discovery.get("bounded_memory"):
+        meta.append(f"clustered a sample of {discovery.get('sample_size')} regions (bounded-memory path)")
+    if prov.get("region_mode"):
+        meta.append(f"region embeddings: {prov['region_mode']}")
+    if prov.get("model"):
+        meta.append(f"model: {prov['model']}")
     parts.append(f'<p class="sub">{html.escape(" · ".join(meta))}</p>')
     if discovery.get("message"):
         parts.append(f'<p class="card">{html.escape(str(discovery["message"]))}</p>')
@@ -123,24 +127,23 @@ def write_report(discovery: str | os.PathLike | dict[str, Any], dataset, out_dir
             parts.append(f"<h3>Top regions (crop, and the box on the full image)</h3>{_img_tag(gal, 'regions')}")
         table = f.get("table", [])
         if table:
-            chart = figures.gap_chart([t["class"] for t in table], [t.get("accuracy_present") for t in table],
-                                      [t.get("accuracy_absent") for t in table], highlight=cls,
+            chart = figures.gap_chart([t["class"] for t in table], [t.get("acc_present") for t in table],
+                                      [t.get("acc_absent") for t in table], highlight=cls,
                                       title="zero-shot accuracy with vs without the feature")
             _write_png(out / f"gaps_{rank}.png", chart)
             rows = "".join(
                 f'<tr class="{"hl" if t["class"] == cls else ""}"><td>{html.escape(str(t["class"]))}</td>'
-                f'<td>{_fmt(t.get("accuracy_present"))} ({_fmt(t.get("n_present"))})</td>'
-                f'<td>{_fmt(t.get("accuracy_absent"))} ({_fmt(t.get("n_absent"))})</td>'
+                f'<td>{_fmt(t.get("acc_present"))} ({_fmt(t.get("n_present"))})</td>'
+                f'<td>{_fmt(t.get("acc_absent"))} ({_fmt(t.get("n_absent"))})</td>'
                 f'<td>{_fmt(t.get("gap"))}</td></tr>' for t in table)
             parts.append('<div class="row"><div>' + _img_tag(chart, "accuracy chart") + "</div><div>"
                          "<table><tr><th>class</th><th>with feature (n)</th><th>without (n)</th>"
                          f"<th>weighted gap Δ</th></tr>{rows}</table></div></div>")
 
-    sil = discovery.get("silhouettes") or {}
-    if sil:
-        ks = sorted(int(k) for k in sil)
-        chart = figures.silhouette_chart(ks, [sil[str(k)] if str(k) in sil else sil[k] for k in ks],
-                                         chosen=discovery.get("chosen_k"))
+    sweep = [e for e in discovery.get("k_sweep") or [] if e.get("silhouette") is not None]
+    if sweep:
+        chart = figures.silhouette_chart([e["k"] for e in sweep], [e["silhouette"] for e in sweep],
+                                         chosen=discovery.get("n_clusters"))
         _write_png(out / "silhouette.png", chart)
         parts.append("<h2>Choosing the number of clusters</h2>" + _img_tag(chart, "silhouette vs K"))
     for heading, body in extra_sections or []:
