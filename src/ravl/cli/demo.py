@@ -1,8 +1,9 @@
 """``ravl demo``: the whole story on a built-in setting, on a laptop CPU.
 
 Builds a setting where a red square co-occurs with the digit "nine" (Cramér's V = 0.95), fine-tunes
-the tiny CLIP on it, and shows on held-out images (where the square is independent of the digit)
-that the model learned the shortcut: "nine" is recognised with the square and missed without it.
+the tiny CLIP on it, shows on held-out images (where the square is independent of the digit) that
+the model learned the shortcut, then runs RaVL discovery, which finds the red-square regions and
+ties them to "nine", and writes an HTML report.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from ravl.cli._common import resolve_device, write_json
 
 COMMAND = "demo"
-HELP = "build a red-square <-> 'nine' setting, fine-tune the tiny CLIP, show the learned shortcut"
+HELP = "build a red-square <-> 'nine' setting, fine-tune the tiny CLIP, show the shortcut, discover it"
 DESCRIPTION = __doc__.strip().splitlines()[0] + " " + " ".join(__doc__.strip().splitlines()[1:]).strip()
 
 
@@ -42,13 +43,13 @@ def run(args) -> int:
     out = Path(args.out)
     t0 = time.monotonic()
     progress = not args.quiet
-    print(f"[1/3] building the setting: {args.feature} <-> {args.spurious_class!r}, Cramér's V = {args.cramers_v}")
+    print(f"[1/4] building the setting: {args.feature} <-> {args.spurious_class!r}, Cramér's V = {args.cramers_v}")
     setting = make_spurious_benchmark(out / "setting", spurious_class=args.spurious_class, feature=args.feature,
                                       cramers_v=args.cramers_v, n_train=args.n_train, n_eval=args.n_eval,
                                       source=args.source, random_state=args.seed, progress=progress)
     print(f"      achieved V = {setting.achieved_v:.3f}; train: {setting.train_dir}  eval: {setting.eval_dir}")
 
-    print("[2/3] fine-tuning the tiny CLIP on the image-caption pairs (contrastive loss)")
+    print("[2/4] fine-tuning the tiny CLIP on the image-caption pairs (contrastive loss)")
     train = load_dataset(setting.train_dir, require_fields=("caption",))
     model = load_model("tiny", seed=args.seed, device=resolve_device(args.device))
     res = finetune(model, train, out / "model", FinetuneConfig(epochs=args.epochs, seed=args.seed),
@@ -57,7 +58,7 @@ def run(args) -> int:
     print(f"      {len(res.history)} epochs; last val zero-shot accuracy "
           f"{last.get('val_zero_shot_accuracy', float('nan')):.3f}; checkpoint {res.checkpoint_dir}")
 
-    print("[3/3] zero-shot evaluation on held-out images where the feature is independent of the class")
+    print("[3/4] zero-shot evaluation on held-out images where the feature is independent of the class")
     print("      (prompts: the caption templates, the only text this model has seen)")
     ev = load_dataset(setting.eval_dir, require_fields=("label",))
     val = evaluate(model, ev, split="val", templates=CAPTION_TEMPLATES, spurious_feature=setting.feature,
@@ -74,7 +75,37 @@ def run(args) -> int:
           f"{setting.feature} and {g_without.accuracy:.0%} without it (test split).")
     print(f"Validity rule on the val split: gap {validity.gap:+.3f} -> "
           f"{'valid: the model learned the correlation' if validity.valid else 'not valid'}.")
+
+    print()
+    print("[4/4] RaVL discovery on the eval val split: which regions does the model tie to which class?")
+    from ravl.cli.discover import print_discovery
+    from ravl.discovery import precision_at_k
+    from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
+    from ravl.report import write_report
+    from ravl.utils.io import atomic_write_json
+
+    inputs = discovery_inputs(model, ev, split="val", templates=CAPTION_TEMPLATES, progress=progress)
+    disc = discover_on_inputs(inputs, random_state=args.seed, progress=progress,
+                              meta={"model": "tiny", "checkpoint": str(out / "model"), "data": str(setting.eval_dir),
+                                    "split": "val", "region_mode": inputs.region_mode})
+    d = disc.to_dict()
+    p10 = []
+    for f in d["features"]:
+        f["precision_at_10"] = float(precision_at_k([inputs.region_attributes[r["region_index"]] for r in f["regions"]],
+                                                    setting.feature, k=10))
+        p10.append(f["precision_at_10"])
+    atomic_write_json(out / "discovery" / "discovery.json", d)
+    print_discovery(d, p10, max_features=1)
+    page = write_report(d, ev, out / "discovery", title=f"ravl demo: {setting.feature} <-> {setting.spurious_class!r}")
+    if d["features"]:
+        top = d["features"][0]
+        verdict = "the planted class" if top["class"] == setting.spurious_class else "NOT the planted class"
+        print(f"\nDiscovered: {top['class']!r} ({verdict}); Precision@10 of its regions against the planted "
+              f"{setting.feature}: {p10[0]:.2f}.")
+    print(f"Report: {page}")
     write_json(out / "demo.json", {"setting": setting.to_dict(), "finetune": res.to_dict(),
-                                   "evaluation_test": test.to_dict(), "validity_val": validity.to_dict()})
+                                   "evaluation_test": test.to_dict(), "validity_val": validity.to_dict(),
+                                   "discovery": {"features": len(d["features"]), "precision_at_10": p10[:1],
+                                                 "class": d["features"][0]["class"] if d["features"] else None}})
     print(f"Results: {out / 'demo.json'}  ({time.monotonic() - t0:.0f} s)")
     return 0
