@@ -24,9 +24,9 @@ def add_arguments(parser) -> None:
     d.add_argument("--seeds", nargs="+", type=int, default=[0])
     d.add_argument("--methods", nargs="+", default=["ravl", "ravl_gap_only", "ravl_influence_only",
                                                     "ravl_unweighted", "random"])
-    d.add_argument("--n-train", type=int, default=6000)
+    d.add_argument("--n-train", type=int, default=4000)
     d.add_argument("--n-eval", type=int, default=2000)
-    d.add_argument("--epochs", type=int, default=6)
+    d.add_argument("--epochs", type=int, default=5)
     d.add_argument("--quiet", action="store_true")
 
 

@@ -48,9 +48,9 @@ class SettingSpec:
 class BenchmarkConfig:
     """Sizes and training budget shared by every setting of a grid."""
 
-    n_train: int = 6000
+    n_train: int = 4000
     n_eval: int = 2000
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 128
     source: str = "sklearn"
     min_gap: float = 0.1
