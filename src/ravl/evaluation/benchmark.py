@@ -179,8 +179,16 @@ def run_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLike, config: 
     """Run every setting (resuming from ``work_dir/results.jsonl``) and return all rows."""
     from ravl.utils.progress import progress as bar
 
+    from ravl.exceptions import CheckpointError
+    from ravl.utils.io import atomic_write_json, read_json
+
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    cfg_path = work / "benchmark_config.json"
+    if cfg_path.exists() and read_json(cfg_path) != asdict(config):
+        raise CheckpointError(f"{work} holds a benchmark run with another configuration ({read_json(cfg_path)}); "
+                              "use another --out folder to run this one.")
+    atomic_write_json(cfg_path, asdict(config))
     res_path = work / "results.jsonl"
     rows = _read_rows(res_path)
     done = {(r["setting"], r["method"]) for r in rows}
