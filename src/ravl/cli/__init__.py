@@ -21,6 +21,7 @@ _SUBCOMMANDS = [
     "finetune",
     "evaluate",
     "discover",
+    "mitigate",
     "benchmark",
     "validate",
     "models",

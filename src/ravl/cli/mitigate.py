@@ -1,0 +1,149 @@
+"""``ravl mitigate``: fine-tune again with RaVL's region-aware loss or a baseline (Stage 2)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ravl.cli._common import add_model_arguments, fmt, print_table, resolve_device
+from ravl.exceptions import RavlError
+
+COMMAND = "mitigate"
+HELP = "fine-tune again so the model stops relying on the discovered feature (RaVL Stage 2), resumable"
+DESCRIPTION = (HELP + ". Labels the fine-tuning regions with the audited checkpoint and discovery.json, then "
+               "fine-tunes from the original starting weights (--start init) or the audited ones "
+               "(--start checkpoint). Rerun the same command after an interruption to continue.")
+
+#: Methods offered on the command line (ravl.mitigation.api.METHODS).
+METHOD_CHOICES = ["ravl", "standard", "upsample", "vl-erm", "vl-gdro", "spurious-aware", "cfr"]
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser, checkpoint_help="the audited checkpoint folder (the model `ravl discover` examined)")
+    parser.add_argument("--data", required=True, help="fine-tuning dataset folder (captions and labels on train rows)")
+    parser.add_argument("--discovery", required=True, help="discovery.json written by `ravl discover`")
+    parser.add_argument("--method", default="ravl", choices=METHOD_CHOICES)
+    parser.add_argument("--out", required=True, help="output checkpoint folder")
+    parser.add_argument("--start", default="init", choices=["init", "checkpoint"],
+                        help="start from the original fine-tuning's initial weights, or from the audited checkpoint")
+    parser.add_argument("--init-seed", type=int, default=None,
+                        help="with --start init: tiny CLIP seed to start from when the checkpoint records no 'init'")
+    parser.add_argument("--eval-data", default=None,
+                        help="evaluation folder for the before/after table (test split); default: the sibling "
+                             "'eval' folder when --data is a synthetic setting's 'train' folder")
+    parser.add_argument("--discovery-data", default=None,
+                        help="the folder discovery ran on, if it moved (default: recorded in discovery.json)")
+    parser.add_argument("--features", default="top",
+                        help="discovered features treated as spurious: 'top', 'all' or comma-separated ranks")
+    parser.add_argument("--region-mode", default=None, choices=["masked", "roi", "crop"],
+                        help="region embedding mode (default: the discovery's)")
+    parser.add_argument("--lam", type=float, default=1.0, help="weight λ of RaVL's region-aware terms")
+    parser.add_argument("--tau", type=float, default=0.07, help="temperature of RaVL's region-aware terms")
+    parser.add_argument("--eta", type=float, default=0.01, help="Group DRO step size (vl-gdro)")
+    parser.add_argument("--spurious-name", action="append", default=[],
+                        help="name of the spurious attribute for spurious-aware's L_ls (repeatable)")
+    g = parser.add_argument_group("fine-tuning (default: the audited checkpoint's recorded values)")
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="data-order seed")
+    g.add_argument("--val-split", default=None, help="split validated after each epoch ('none' to skip)")
+    parser.add_argument("--no-resume", action="store_true", help="ignore and overwrite an existing resume state")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _features(text: str):
+    t = str(text).strip().lower()
+    if t in ("top", ""):
+        return None
+    if t == "all":
+        return "all"
+    try:
+        return tuple(int(p) for p in t.split(","))
+    except ValueError:
+        raise SystemExit(f"error: --features must be 'top', 'all' or comma-separated ranks like '1,2'; got {text!r}")
+
+
+def default_eval_data(data: str | Path) -> Path | None:
+    """The sibling ``eval`` folder of a synthetic setting's ``train`` folder, if there is one."""
+    root = Path(data).resolve().parent
+    if (root / "setting.json").is_file() and (root / "eval" / "metadata.jsonl").is_file():
+        return root / "eval"
+    return None
+
+
+def _metrics(ev) -> dict[str, float | None]:
+    def wg(rep):
+        return None if rep is None or rep.worst_group is None else rep.worst_group.accuracy
+
+    return {"Image Overall": ev.image.overall, "Image Worst-Group": wg(ev.image),
+            "Region Overall": ev.core_region.overall if ev.core_region else None,
+            "Region Worst-Group": wg(ev.core_region)}
+
+
+def run(args) -> int:
+    from dataclasses import replace
+
+    from ravl.data.dataset import load_dataset
+    from ravl.evaluation.metrics import evaluate
+    from ravl.mitigation.api import MitigationOptions, mitigate
+    from ravl.models import load_model
+    from ravl.models.checkpoint import read_checkpoint_config
+    from ravl.training.loop import FinetuneConfig
+    from ravl.utils.io import atomic_write_json
+
+    if not args.checkpoint:
+        raise SystemExit("error: --checkpoint is required: the audited checkpoint folder that discovery examined")
+    progress = not args.quiet
+    device = resolve_device(args.device)
+    ck = read_checkpoint_config(args.checkpoint)
+    name = args.model or ck["model"]
+    cfg = FinetuneConfig.from_dict(ck["finetune"]) if isinstance(ck.get("finetune"), dict) else FinetuneConfig()
+    over = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
+                              ("seed", args.seed)) if v is not None}
+    if args.val_split is not None:
+        over["val_split"] = None if args.val_split.lower() == "none" else args.val_split
+    cfg = replace(cfg, **over)
+    init = {"model": name, "checkpoint": None, "seed": args.init_seed} if args.init_seed is not None else None
+    opts = MitigationOptions(features=_features(args.features), region_mode=args.region_mode, lam=args.lam,
+                             tau=args.tau, eta=args.eta, spurious_names=tuple(args.spurious_name))
+    train = load_dataset(args.data)
+    try:
+        res = mitigate(args.checkpoint, train, args.discovery, out_dir=args.out, method=args.method,
+                       start=args.start, config=cfg, options=opts, model_name=name, init=init,
+                       eval_dataset=args.discovery_data, device=device, resume=not args.no_resume,
+                       progress=progress)
+    except ValueError as exc:  # e.g. a discovery without a feature, a feature rank it does not have
+        if isinstance(exc, RavlError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    lab = res.labelling
+    if lab:
+        t = lab.get("truth")
+        extra = (f"; vs planted '{t['attribute']}': precision {fmt(t['region_precision'])}, recall "
+                 f"{fmt(t['region_recall'])}") if t else ""
+        print(f"labelled {lab['n_regions']} regions: {lab['n_spurious_regions']} spurious in "
+              f"{lab['n_images_with_feature']} of {lab['n_images']} images{extra}")
+    rows = [[h["epoch"], f"{h['train_loss']:.4f}", fmt(h.get("val_zero_shot_accuracy")), f"{h['images_per_s']:.0f}"]
+            for h in res.history]
+    print_table(rows, ["epoch", "train loss", "val zero-shot acc", "images/s"])
+    if res.resumed_from:
+        print(f"(resumed from epoch {res.resumed_from[0] + 1}, step {res.resumed_from[1]})")
+
+    eval_dir = Path(args.eval_data) if args.eval_data else default_eval_data(args.data)
+    if eval_dir is not None:
+        ds = load_dataset(eval_dir)
+        before = evaluate(load_model(name, checkpoint=args.checkpoint, device=device), ds, split="test",
+                          progress=progress)
+        after = evaluate(load_model(name, checkpoint=args.out, device=device), ds, split="test", progress=progress)
+        mb, ma = _metrics(before), _metrics(after)
+        print(f"\nzero-shot accuracy on the test split of {eval_dir} (before = {args.checkpoint}, after = {args.out})")
+        print_table([[k, fmt(mb[k]), fmt(ma[k])] for k in mb], ["metric", "before", "after"])
+        atomic_write_json(Path(args.out) / "evaluation.json",
+                          {"eval_data": str(eval_dir.resolve()), "split": "test", "method": args.method,
+                           "before": {"checkpoint": str(args.checkpoint), "metrics": mb, "result": before.to_dict()},
+                           "after": {"checkpoint": str(args.out), "metrics": ma, "result": after.to_dict()}})
+    print(f"checkpoint: {res.checkpoint_dir}")
+    return 0

@@ -1,0 +1,405 @@
+"""Region labelling for RaVL mitigation: which fine-tuning regions carry the discovered feature?
+
+Every region of the fine-tuning split is embedded with the model that discovery audited and
+assigned to the nearest Stage-1 medoid (cosine similarity). Regions assigned to the medoid of a
+chosen discovered feature are *spurious* (``R^s``); all other regions are *candidate core*
+(``R^r``), as in method.md §4. The result gives :class:`~ravl.mitigation.RegionLabels` for
+:class:`~ravl.mitigation.RegionAwareObjective` and, per image, the class ×
+discovered-feature-present/absent group used by upsampling, VL-GDRO and Spurious-Aware. Groups
+come from the discovered feature only; ground-truth ``region_attributes`` are read only to
+report how well the labelling matches the planted feature.
+
+Medoid embeddings [design]: ``discovery.json`` stores the medoids as region indices into the
+split that discovery examined (``meta["data"]``, ``meta["split"]``), not as vectors. They are
+recomputed by embedding exactly those K regions with the audited model and the discovery's
+region mode, which reproduces discovery's vectors (same model, same pixels, same mode) while
+keeping ``discovery.json`` small and model-independent. The recomputation is checked: the
+dataset must have the number of regions discovery saw, and every medoid whose file name and box
+``discovery.json`` records (the features' medoids) must match the region found at that index;
+otherwise a :class:`~ravl.exceptions.DatasetError` says the evaluation folder changed. Callers
+that hold the vectors can pass ``medoid_embeddings=`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ravl.exceptions import DatasetError
+from ravl.mitigation.objectives import REGION_MODES, RegionLabels, class_feature_groups
+from ravl.utils.validation import check_choice, check_int
+
+__all__ = ["RegionLabelling", "label_regions", "select_features", "compute_medoid_embeddings", "assign_to_medoids"]
+
+logger = logging.getLogger(__name__)
+
+
+def _ro(arr: np.ndarray) -> np.ndarray:
+    arr = np.array(arr, copy=True)
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class RegionLabelling:
+    """Fine-tuning regions labelled spurious / candidate core, and per-image groups.
+
+    Shapes: N images of the labelled split, M regions, C classes. Arrays are read-only.
+
+    Attributes:
+        classes: The C class names (label-id order).
+        split: The split labelled (``None``: every row), i.e. the training split whose
+            positions :func:`~ravl.training.finetune` uses.
+        region_mode: How regions were embedded.
+        spurious_clusters: Discovery cluster ids treated as spurious.
+        feature_ranks: Ranks of the chosen discovered features.
+        feature_classes: The class each chosen feature is tied to (``None`` where unknown).
+        region_labels: ``RegionLabels`` (image position, normalised box, spurious flag per region).
+        region_clusters: ``[M]`` nearest medoid (cluster id) of every region.
+        region_similarity: ``[M]`` cosine similarity to that medoid.
+        labels: ``[N]`` class id of every image.
+        feature_present: ``[N]`` whether an image has at least one spurious region.
+        groups: ``[N]`` group id ``2 * label + feature_present``.
+        n_groups: ``2 * C``.
+        truth: Agreement with the planted feature when ground-truth region attributes exist
+            (report only): ``attribute``, ``region_precision``, ``region_recall``,
+            ``image_precision``, ``image_recall``; else ``None``.
+    """
+
+    classes: tuple[str, ...]
+    split: str | None
+    region_mode: str
+    spurious_clusters: tuple[int, ...]
+    feature_ranks: tuple[int, ...]
+    feature_classes: tuple[str | None, ...]
+    region_labels: RegionLabels
+    region_clusters: np.ndarray
+    region_similarity: np.ndarray
+    labels: np.ndarray
+    feature_present: np.ndarray
+    groups: np.ndarray
+    n_groups: int
+    truth: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        for name, dtype in (("region_clusters", np.int64), ("region_similarity", np.float32),
+                            ("labels", np.int64), ("feature_present", bool), ("groups", np.int64)):
+            object.__setattr__(self, name, _ro(np.asarray(getattr(self, name), dtype=dtype)))
+        m, n = len(self.region_labels), self.labels.shape[0]
+        if self.region_clusters.shape != (m,) or self.region_similarity.shape != (m,):
+            raise ValueError(f"RegionLabelling needs one cluster and similarity per region ({m}).")
+        if self.feature_present.shape != (n,) or self.groups.shape != (n,):
+            raise ValueError(f"RegionLabelling needs one feature flag and group per image ({n}).")
+
+    @property
+    def n_images(self) -> int:
+        """N."""
+        return int(self.labels.shape[0])
+
+    @property
+    def is_spurious(self) -> np.ndarray:
+        """``[M]`` spurious flag of every region."""
+        return self.region_labels.is_spurious
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """Per class: images, images with / without the discovered feature, regions, spurious regions."""
+        img_of = self.region_labels.image_index
+        out = {}
+        for c, name in enumerate(self.classes):
+            m = self.labels == c
+            r = m[img_of]
+            out[name] = {"n_images": int(m.sum()), "n_present": int((m & self.feature_present).sum()),
+                         "n_absent": int((m & ~self.feature_present).sum()), "n_regions": int(r.sum()),
+                         "n_spurious_regions": int((r & self.is_spurious).sum())}
+        return out
+
+    def group_counts(self) -> list[dict[str, Any]]:
+        """One row per (class, feature present/absent) group: ``group``, ``class``, ``feature_present``, ``n``."""
+        counts = np.bincount(self.groups, minlength=self.n_groups)
+        return [{"group": g, "class": self.classes[g // 2], "feature_present": bool(g % 2), "n": int(counts[g])}
+                for g in range(self.n_groups)]
+
+    def summary(self) -> dict[str, Any]:
+        """Small JSON-ready summary (recorded in mitigated checkpoints' ``config.json``)."""
+        return {"split": self.split, "region_mode": self.region_mode,
+                "spurious_clusters": list(self.spurious_clusters), "feature_ranks": list(self.feature_ranks),
+                "feature_classes": list(self.feature_classes), "n_images": self.n_images,
+                "n_regions": len(self.region_labels), "n_spurious_regions": self.region_labels.n_spurious,
+                "n_images_with_feature": int(self.feature_present.sum()),
+                "per_class": self.class_counts(), "groups": self.group_counts(), "truth": self.truth}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (every array as a list)."""
+        return {"classes": list(self.classes), "split": self.split, "region_mode": self.region_mode,
+                "spurious_clusters": list(self.spurious_clusters), "feature_ranks": list(self.feature_ranks),
+                "feature_classes": list(self.feature_classes), "region_labels": self.region_labels.to_dict(),
+                "region_clusters": self.region_clusters.tolist(),
+                "region_similarity": self.region_similarity.tolist(), "labels": self.labels.tolist(),
+                "feature_present": self.feature_present.tolist(), "groups": self.groups.tolist(),
+                "n_groups": self.n_groups, "truth": self.truth}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RegionLabelling:
+        """Inverse of :meth:`to_dict`."""
+        return cls(classes=tuple(d["classes"]), split=d["split"], region_mode=str(d["region_mode"]),
+                   spurious_clusters=tuple(int(c) for c in d["spurious_clusters"]),
+                   feature_ranks=tuple(int(r) for r in d["feature_ranks"]),
+                   feature_classes=tuple(d["feature_classes"]),
+                   region_labels=RegionLabels.from_dict(d["region_labels"]),
+                   region_clusters=np.asarray(d["region_clusters"], dtype=np.int64),
+                   region_similarity=np.asarray(d["region_similarity"], dtype=np.float32),
+                   labels=np.asarray(d["labels"], dtype=np.int64),
+                   feature_present=np.asarray(d["feature_present"], dtype=bool),
+                   groups=np.asarray(d["groups"], dtype=np.int64), n_groups=int(d["n_groups"]),
+                   truth=d.get("truth"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------------
+
+def select_features(discovery, features: Any = None) -> list:
+    """The discovered features to treat as spurious.
+
+    Args:
+        discovery: A :class:`~ravl.discovery.DiscoveryResult`.
+        features: ``None`` (the top-ranked feature), ``"all"`` (every kept feature) or a
+            sequence of feature ranks (1 = top).
+
+    Returns:
+        The chosen :class:`~ravl.discovery.DiscoveredFeature` objects.
+
+    Raises:
+        ValueError: When discovery found no feature or a rank does not exist.
+    """
+    caller = "label_regions"
+    feats = list(discovery.features)
+    if not feats:
+        raise ValueError(f"Discovery found no spurious feature ({discovery.status}: {discovery.message}); "
+                         "there is nothing to mitigate. Standard fine-tuning needs no discovery.")
+    if features is None:
+        return feats[:1]
+    if isinstance(features, str):
+        check_choice(features, "features", caller, ("all",))
+        return feats
+    if isinstance(features, (int, np.integer)):
+        features = [features]
+    by_rank = {f.rank: f for f in feats}
+    out = []
+    for r in features:
+        r = check_int(r, "features", caller, low=1)
+        if r not in by_rank:
+            raise ValueError(f"The 'features' parameter of {caller} names rank {r}, but discovery kept ranks "
+                             f"{sorted(by_rank)}.")
+        out.append(by_rank[r])
+    if not out:
+        raise ValueError(f"The 'features' parameter of {caller} must name at least one feature rank.")
+    return out
+
+
+def _discovery_split(discovery) -> str | None:
+    split = discovery.meta.get("split", "val")
+    return None if split in (None, "all") else split
+
+
+def compute_medoid_embeddings(model, discovery, *, eval_dataset: Any = None, region_mode: str | None = None,
+                      batch_size: int = 128) -> np.ndarray:
+    """Recompute the ``[K, D]`` unit-norm medoid embeddings of a discovery result.
+
+    The medoids are regions of the split discovery examined; they are embedded again with
+    ``model`` (which must be the audited model) and the discovery's region mode.
+
+    Args:
+        model: The audited :class:`~ravl.models.VisionLanguageModel`.
+        discovery: A :class:`~ravl.discovery.DiscoveryResult`.
+        eval_dataset: The dataset discovery ran on (a :class:`~ravl.data.RegionDataset` or a
+            folder); default ``discovery.meta["data"]``. Its split ``discovery.meta["split"]``
+            is used.
+        region_mode: Region mode (default ``discovery.meta["region_mode"]``, else ``"masked"``).
+        batch_size: Regions per forward pass.
+
+    Raises:
+        DatasetError: When the dataset cannot be found or no longer matches discovery.json.
+    """
+    from ravl.data.dataset import RegionDataset, load_dataset
+    from ravl.models.regions import DEFAULT_REGION_MODE, embed_regions
+
+    mode = region_mode or discovery.meta.get("region_mode") or DEFAULT_REGION_MODE
+    check_choice(mode, "region_mode", "compute_medoid_embeddings", REGION_MODES)
+    if not discovery.medoid_indices:
+        raise ValueError("The discovery result has no medoids (no clustering was kept); nothing to label with.")
+    if eval_dataset is None:
+        path = discovery.meta.get("data")
+        if not path:
+            raise DatasetError("discovery.json does not record the dataset it ran on (meta['data']); pass the "
+                               "evaluation dataset (eval_dataset= / --discovery-data) to recompute the medoids.")
+        eval_dataset = path
+    if not isinstance(eval_dataset, RegionDataset):
+        if not Path(eval_dataset).exists():
+            raise DatasetError(f"The dataset discovery ran on, {eval_dataset}, does not exist any more; pass its "
+                               "new location (eval_dataset= / --discovery-data).")
+        eval_dataset = load_dataset(eval_dataset)
+    split = _discovery_split(discovery)
+    ds = eval_dataset.subset(split) if split else eval_dataset
+    table = ds.region_table()
+    if len(table) != discovery.n_regions:
+        raise DatasetError(f"Split {split!r} of {eval_dataset.root} has {len(table)} regions but discovery saw "
+                           f"{discovery.n_regions}; the folder changed since discovery. Rerun `ravl discover`.")
+    medoids = np.asarray(discovery.medoid_indices, dtype=np.int64)
+    if medoids.min() < 0 or medoids.max() >= len(table):
+        raise DatasetError(f"discovery.json has medoid region indices outside [0, {len(table)}).")
+    # Check every medoid whose file name and box discovery.json records.
+    for f in discovery.features:
+        for r in f.regions:
+            if r.region_index != f.medoid_region_index:
+                continue
+            i = int(table.image_index[r.region_index])
+            name, box = ds.records[i].file_name, table.boxes[r.region_index]
+            if (r.file_name is not None and r.file_name != name) or \
+                    (r.box is not None and not np.allclose(r.box, box, atol=1e-3)):
+                raise DatasetError(f"Medoid region {r.region_index} of feature #{f.rank} is {r.file_name} {r.box} in "
+                                   f"discovery.json but {name} {box.tolist()} in {eval_dataset.root}; the folder "
+                                   "changed since discovery. Rerun `ravl discover` or pass the original folder.")
+    images = [ds.load_image(int(table.image_index[k])) for k in medoids]
+    boxes = [[table.boxes[k].tolist()] for k in medoids]
+    return embed_regions(model, images, boxes=boxes, mode=mode, batch_size=batch_size, progress=False)
+
+
+def assign_to_medoids(region_embeddings: np.ndarray, medoids: np.ndarray, *, block_size: int = 8192
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest medoid by cosine similarity: ``(cluster [M] int64, similarity [M] float32)``."""
+    e = np.asarray(region_embeddings, dtype=np.float32)
+    m = np.asarray(medoids, dtype=np.float32)
+    if e.ndim != 2 or m.ndim != 2 or (e.shape[0] and e.shape[1] != m.shape[1]) or m.shape[0] == 0:
+        raise ValueError(f"assign_to_medoids needs [M, D] regions and [K, D] medoids with the same D; got "
+                         f"{e.shape} and {m.shape}.")
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    m = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+    cl = np.empty(e.shape[0], dtype=np.int64)
+    sim = np.empty(e.shape[0], dtype=np.float32)
+    for s in range(0, e.shape[0], block_size):
+        p = e[s:s + block_size] @ m.T
+        cl[s:s + block_size] = p.argmax(1)
+        sim[s:s + block_size] = p.max(1)
+    return cl, sim
+
+
+def _truth_metrics(table, records, spurious: np.ndarray, present: np.ndarray, classes: Sequence[str],
+                   truth: str | None) -> dict[str, Any] | None:
+    from ravl.evaluation.metrics import infer_spurious_feature
+
+    if table.attributes is None:
+        return None
+    attrs = np.asarray(table.attributes, dtype=object)
+    if truth is None:
+        truth = infer_spurious_feature(list(attrs), classes)
+    if truth is None:
+        return None
+    true_r = attrs == truth
+    true_i = np.array([truth in r.region_attributes for r in records], dtype=bool)
+
+    def pr(pred: np.ndarray, gold: np.ndarray) -> tuple[float | None, float | None]:
+        tp = int((pred & gold).sum())
+        return (tp / int(pred.sum()) if pred.any() else None, tp / int(gold.sum()) if gold.any() else None)
+
+    rp, rr = pr(spurious, true_r)
+    ip, ir = pr(present, true_i)
+    return {"attribute": truth, "region_precision": rp, "region_recall": rr, "image_precision": ip,
+            "image_recall": ir, "n_true_regions": int(true_r.sum())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+def label_regions(model, dataset, discovery, *, features: Any = None, region_mode: str | None = None,
+                  split: str | None = "train", medoid_embeddings: np.ndarray | None = None,
+                  eval_dataset: Any = None, truth: str | None = None, batch_size: int = 128,
+                  progress: bool = True) -> RegionLabelling:
+    """Label every region of the fine-tuning split as spurious or candidate core (method.md §4).
+
+    Args:
+        model: The model discovery audited (the fine-tuned checkpoint), used to embed regions.
+        dataset: The fine-tuning :class:`~ravl.data.RegionDataset` (a ``label`` on every row of
+            ``split``).
+        discovery: A :class:`~ravl.discovery.DiscoveryResult` or the path of ``discovery.json``.
+        features: Which discovered features are spurious: ``None`` (the top-ranked one),
+            ``"all"`` or a list of ranks.
+        region_mode: Region embedding mode (default: the discovery's, else ``"masked"``).
+        split: The split to label; it must be the split fine-tuning trains on (positions in
+            ``dataset.subset(split)`` are the ``batch["indices"]`` of the training loop).
+            ``None``: every row.
+        medoid_embeddings: ``[K, D]`` medoid embeddings, if known; default: recomputed from the
+            discovery's dataset (see the module docstring).
+        eval_dataset: The dataset discovery ran on, when it moved (default ``meta["data"]``).
+        truth: Ground-truth region attribute of the planted feature, for the report-only
+            precision/recall (default: inferred from ``region_attributes`` when unambiguous).
+        batch_size: Regions per forward pass.
+        progress: Show progress bars.
+
+    Returns:
+        A :class:`RegionLabelling`.
+
+    Raises:
+        ValueError: When discovery found no feature.
+        DatasetError: When the split is empty or has unlabelled rows, or the discovery dataset
+            no longer matches.
+    """
+    from ravl.discovery import DiscoveryResult
+    from ravl.models.regions import DEFAULT_REGION_MODE, embed_regions
+
+    if isinstance(discovery, (str, os.PathLike)):
+        discovery = DiscoveryResult.from_json(discovery)
+    chosen = select_features(discovery, features)
+    mode = region_mode or discovery.meta.get("region_mode") or DEFAULT_REGION_MODE
+    check_choice(mode, "region_mode", "label_regions", REGION_MODES)
+    ds = dataset.subset(split) if split else dataset
+    if len(ds) == 0:
+        raise DatasetError(f"Split {split!r} of {dataset.root} has no image to label.")
+    labels = ds.label_indices
+    if (labels < 0).any():
+        r = ds.records[int(np.flatnonzero(labels < 0)[0])]
+        raise DatasetError(f"metadata.jsonl line {r.line} ({r.file_name}) has no 'label'; region labelling needs a "
+                           "class on every fine-tuning row (groups are class x discovered feature).")
+    if tuple(discovery.classes) and tuple(discovery.classes) != tuple(ds.classes):
+        logger.warning("Discovery classes %s differ from the fine-tuning classes %s; groups use the latter.",
+                       list(discovery.classes), list(ds.classes))
+
+    if medoid_embeddings is None:
+        medoids = compute_medoid_embeddings(model, discovery, eval_dataset=eval_dataset, region_mode=mode,
+                                            batch_size=batch_size)
+    else:
+        medoids = np.asarray(medoid_embeddings, dtype=np.float32)
+        k = len(discovery.medoid_indices)
+        if medoids.ndim != 2 or (k and medoids.shape[0] != k):
+            raise ValueError(f"The 'medoid_embeddings' parameter of label_regions must be [K={k}, D] (one row per "
+                             f"discovery cluster). Got shape {medoids.shape}.")
+    spurious_clusters = tuple(sorted({int(f.cluster) for f in chosen}))
+    if max(spurious_clusters) >= medoids.shape[0]:
+        raise ValueError(f"Feature cluster {max(spurious_clusters)} has no medoid (K = {medoids.shape[0]}).")
+
+    table = ds.region_table()
+    emb = embed_regions(model, ds, mode=mode, batch_size=batch_size, progress=progress)
+    clusters, sims = assign_to_medoids(emb, medoids)
+    spurious = np.isin(clusters, spurious_clusters)
+    size = np.array([[r.width, r.height, r.width, r.height] for r in ds.records], dtype=np.float64)
+    boxes = np.clip(table.boxes / size[table.image_index], 0.0, 1.0) if len(table) else np.zeros((0, 4))
+    region_labels = RegionLabels(table.image_index, boxes, spurious)
+    present = np.zeros(len(ds), dtype=bool)
+    present[table.image_index[spurious]] = True
+    groups, n_groups = class_feature_groups(labels, present, n_classes=len(ds.classes))
+    truth_d = _truth_metrics(table, ds.records, spurious, present, ds.classes, truth)
+    result = RegionLabelling(classes=tuple(ds.classes), split=split, region_mode=mode,
+                             spurious_clusters=spurious_clusters, feature_ranks=tuple(f.rank for f in chosen),
+                             feature_classes=tuple(f.class_name for f in chosen), region_labels=region_labels,
+                             region_clusters=clusters, region_similarity=sims, labels=labels,
+                             feature_present=present, groups=groups, n_groups=n_groups, truth=truth_d)
+    logger.info("Labelled %d regions of %d images: %d spurious (clusters %s) in %d images.", len(region_labels),
+                len(ds), region_labels.n_spurious, list(spurious_clusters), int(present.sum()))
+    return result

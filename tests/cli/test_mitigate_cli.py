@@ -1,0 +1,115 @@
+"""``ravl mitigate`` run in-process on a tiny setting."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from ravl.cli import main
+from ravl.exceptions import RavlWarning
+
+
+def _hand_discovery(eval_dir):
+    """One medoid per ground-truth attribute of the eval 'val' split; the red-square cluster is the feature."""
+    from ravl.data.dataset import load_dataset
+    from ravl.discovery import DiscoveryResult
+
+    ds = load_dataset(eval_dir).subset("val")
+    t = ds.region_table()
+    attrs = np.array(t.attributes)
+    names = sorted(set(attrs.tolist()))
+    medoids = [int(np.flatnonzero(attrs == a)[0]) for a in names]
+    cluster = names.index("red_square")
+    m = medoids[cluster]
+    i = int(t.image_index[m])
+    return DiscoveryResult.from_dict({
+        "status": "ok", "message": "hand-built", "scoring": "ravl", "classes": list(ds.classes), "config": {},
+        "random_state": 0, "n_regions": len(t), "n_images": len(ds), "n_clusters": len(medoids),
+        "silhouette": None, "silhouette_positive": False, "inertia": None, "k_sweep": [], "bounded_memory": False,
+        "sample_size": None, "negative_similarity": "none", "medoid_indices": medoids,
+        "region_clusters": [0] * len(t), "clusters": [],
+        "features": [{"rank": 1, "cluster": cluster, "class": "nine", "gap": 1.0, "influence": 1.0,
+                      "spurious_pattern": True, "n_regions": 1, "n_images": 1, "medoid_region_index": m,
+                      "table": [], "regions": [{"region_index": m, "image_index": i, "similarity": 1.0,
+                                                "file_name": ds.records[i].file_name, "box": t.boxes[m].tolist()}]}],
+        "meta": {"data": str(eval_dir), "split": "val", "region_mode": "masked"}})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from ravl.data.dataset import load_dataset
+    from ravl.data.synthetic import make_spurious_benchmark
+    from ravl.models import load_model
+    from ravl.training.loop import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("cli_mitigate")
+    with warnings.catch_warnings():  # 48 images cannot reach V = 0.95 exactly; fine here
+        warnings.simplefilter("ignore", RavlWarning)
+        s = make_spurious_benchmark(root / "setting", n_train=48, n_eval=40, val_fraction=0.0, random_state=0,
+                                    progress=False)
+    ckpt = root / "audited"
+    finetune(load_model("tiny", seed=0), load_dataset(s.train_dir), ckpt,
+             FinetuneConfig(epochs=1, batch_size=16, val_split=None, checkpoint_interval_s=1e-9), progress=False,
+             init={"model": "tiny", "seed": 0, "checkpoint": None})
+    disc = root / "discovery.json"
+    _hand_discovery(s.eval_dir).to_json(disc)
+    return s, ckpt, disc
+
+
+def _args(s, ckpt, disc, out, *extra):
+    return ["mitigate", "--checkpoint", str(ckpt), "--data", str(s.train_dir), "--discovery", str(disc),
+            "--out", str(out), "--quiet", *extra]
+
+
+def test_mitigate_prints_before_after_table_and_resumes(tiny, tmp_path, capsys, monkeypatch):
+    from ravl.mitigation.objectives import RegionAwareObjective
+
+    s, ckpt, disc = tiny
+    out = tmp_path / "ravl"
+    original = RegionAwareObjective.__call__
+    calls = {"n": 0}
+
+    def interrupting(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, model, batch)
+
+    monkeypatch.setattr(RegionAwareObjective, "__call__", interrupting)
+    assert main(_args(s, ckpt, disc, out, "--lam", "0.5")) == 130  # Ctrl-C mid-epoch
+    assert "rerun the same command" in capsys.readouterr().err
+    monkeypatch.setattr(RegionAwareObjective, "__call__", original)
+    capsys.readouterr()
+    assert main(_args(s, ckpt, disc, out, "--lam", "0.5")) == 0  # rerun continues
+    text = capsys.readouterr().out
+    assert "resumed from epoch 1, step 1" in text
+    assert "labelled" in text and "precision 1.000" in text
+    for metric in ("Image Overall", "Image Worst-Group", "Region Overall", "Region Worst-Group"):
+        assert metric in text
+    assert "before" in text and "after" in text
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["split"] == "test" and ev["eval_data"] == str(s.eval_dir.resolve())
+    assert set(ev["after"]["metrics"]) == {"Image Overall", "Image Worst-Group", "Region Overall",
+                                           "Region Worst-Group"}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["mitigation"]["method"] == "ravl" and cfg["mitigation"]["options"]["lam"] == 0.5
+    assert cfg["mitigation"]["discovery"] == str(disc.resolve())
+    assert cfg["finetune"]["epochs"] == 1 and cfg["finetune"]["batch_size"] == 16  # the audited run's recipe
+
+
+def test_mitigate_baseline_without_eval_and_errors(tiny, tmp_path, capsys):
+    s, ckpt, disc = tiny
+    out = tmp_path / "gdro"
+    assert main(_args(s, ckpt, disc, out, "--method", "vl-gdro", "--start", "checkpoint",
+                      "--eval-data", str(s.eval_dir), "--features", "all")) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["mitigation"]["start"] == "checkpoint" and cfg["objective"] == "vl_gdro"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(_args(s, ckpt, disc, out, "--method", "nope"))
+    with pytest.raises(SystemExit):
+        main(["mitigate", "--data", str(s.train_dir), "--discovery", str(disc), "--out", str(out)])
+    # a feature rank discovery does not have is a clear error
+    assert main(_args(s, ckpt, disc, tmp_path / "x", "--features", "3")) == 1
+    assert "rank 3" in capsys.readouterr().err

@@ -1,0 +1,170 @@
+"""mitigate(): every method runs, resumes exactly, restarts from the original initialisation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ravl.discovery import DiscoveryResult
+from ravl.exceptions import CheckpointError
+from ravl.mitigation.api import METHODS, MitigationOptions, MitigationResult, mitigate
+from ravl.training.loop import FinetuneConfig
+
+CFG = FinetuneConfig(epochs=1, batch_size=16, val_split=None, checkpoint_interval_s=1e-9)
+
+
+def _hand_discovery(eval_dir, feature_attribute="red_square"):
+    """One medoid per ground-truth attribute of the eval 'val' split; the feature is ``feature_attribute``."""
+    from ravl.data.dataset import load_dataset
+
+    ds = load_dataset(eval_dir).subset("val")
+    t = ds.region_table()
+    attrs = np.array(t.attributes)
+    names = sorted(set(attrs.tolist()))
+    medoids = [int(np.flatnonzero(attrs == a)[0]) for a in names]
+    cluster = names.index(feature_attribute)
+    m = medoids[cluster]
+    i = int(t.image_index[m])
+    return DiscoveryResult.from_dict({
+        "status": "ok", "message": "hand-built", "scoring": "ravl", "classes": list(ds.classes), "config": {},
+        "random_state": 0, "n_regions": len(t), "n_images": len(ds), "n_clusters": len(medoids),
+        "silhouette": None, "silhouette_positive": False, "inertia": None, "k_sweep": [], "bounded_memory": False,
+        "sample_size": None, "negative_similarity": "none", "medoid_indices": medoids,
+        "region_clusters": [0] * len(t), "clusters": [],
+        "features": [{"rank": 1, "cluster": cluster, "class": "nine", "gap": 1.0, "influence": 1.0,
+                      "spurious_pattern": True, "n_regions": 1, "n_images": 1, "medoid_region_index": m,
+                      "table": [], "regions": [{"region_index": m, "image_index": i, "similarity": 1.0,
+                                                "file_name": ds.records[i].file_name, "box": t.boxes[m].tolist()}]}],
+        "meta": {"data": str(eval_dir), "split": "val", "region_mode": "masked"}})
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A tiny setting: 32 training images, an audited checkpoint (1 short epoch), a discovery.json."""
+    from ravl.data.dataset import load_dataset
+    from ravl.data.synthetic import make_spurious_benchmark
+    from ravl.models import load_model
+    from ravl.training.loop import finetune
+
+    root = tmp_path_factory.mktemp("api_setting")
+    s = make_spurious_benchmark(root / "setting", n_train=400, n_eval=200, random_state=0, progress=False)
+    ds = load_dataset(s.train_dir)
+    train_rows = [i for i, r in enumerate(ds.records) if r.split == "train"]
+    # 8 red-square images and 24 others, so that the feature is in the small split
+    red = [i for i in train_rows if "red_square" in ds.records[i].region_attributes]
+    rest = [i for i in train_rows if i not in set(red)]
+    small = ds.subset(indices=sorted(red[:8] + rest[:24]))
+    ckpt = root / "audited"
+    finetune(load_model("tiny", seed=0), small, ckpt, CFG, progress=False,
+             init={"model": "tiny", "seed": 0, "checkpoint": None})
+    disc = root / "discovery.json"
+    _hand_discovery(s.eval_dir).to_json(disc)
+    return {"setting": s, "train": small, "ckpt": ckpt, "discovery": disc, "root": root}
+
+
+def _weights(path):
+    from ravl.models import load_model
+
+    return load_model("tiny", checkpoint=path).module.state_dict()
+
+
+@pytest.fixture(scope="module")
+def labelling(env):
+    from ravl.mitigation.labelling import label_regions
+    from ravl.models import load_model
+
+    return label_regions(load_model("tiny", checkpoint=env["ckpt"]), env["train"], env["discovery"], progress=False)
+
+
+# ravl and upsample run in their own tests below
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("ravl", "upsample")])
+def test_every_method_runs_one_epoch(env, labelling, method, tmp_path):
+    res = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, method=method, config=CFG,
+                   labelling=labelling, options=MitigationOptions(spurious_names=("red square",)), progress=False)
+    assert len(res.history) == 1 and np.isfinite(res.history[0]["train_loss"])
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["mitigation"]["method"] == method and cfg["mitigation"]["start"] == "init"
+    assert cfg["init"] == {"model": "tiny", "seed": 0, "checkpoint": None}
+    assert cfg["mitigation"]["labelling"]["n_spurious_regions"] == labelling.region_labels.n_spurious
+    back = MitigationResult.from_dict(json.loads((tmp_path / "mitigation.json").read_text()))
+    assert back == res
+    if method == "standard":
+        # same start, same recipe, same data order: the original fine-tuning is reproduced exactly
+        ref = _weights(env["ckpt"])
+        for k, v in _weights(tmp_path).items():
+            torch.testing.assert_close(v, ref[k], rtol=0, atol=0)
+
+
+def test_interrupted_ravl_run_resumes_to_identical_weights(env, labelling, tmp_path, monkeypatch):
+    from ravl.mitigation.objectives import RegionAwareObjective
+
+    ref = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path / "ref", method="ravl",
+                   config=CFG, progress=False)  # labels the regions itself
+    assert ref.objective == "ravl" and ref.discovery == str(env["discovery"].resolve())
+    assert ref.labelling == labelling.summary() and ref.labelling["truth"]["region_precision"] == 1.0
+    assert ref.labelling["n_spurious_regions"] == 8 and (tmp_path / "ref" / "labelling.json").is_file()
+    original = RegionAwareObjective.__call__
+    calls = {"n": 0}
+
+    def interrupting(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # like Ctrl-C mid-epoch
+        return original(self, model, batch)
+
+    monkeypatch.setattr(RegionAwareObjective, "__call__", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path / "run", method="ravl", config=CFG,
+                 progress=False)
+    assert (tmp_path / "run" / "training_state.pt").exists()
+    assert not (tmp_path / "run" / "config.json").exists()
+    monkeypatch.setattr(RegionAwareObjective, "__call__", original)
+    res = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path / "run", method="ravl", config=CFG,
+                   labelling=labelling, progress=False)
+    assert res.resumed_from == (0, 1)
+    ref = _weights(tmp_path / "ref")
+    for k, v in _weights(tmp_path / "run").items():
+        torch.testing.assert_close(v, ref[k], rtol=0, atol=0)
+
+
+def test_upsample_groups_come_from_discovery(env, tmp_path):
+    from ravl.mitigation.labelling import label_regions
+    from ravl.models import load_model
+
+    # a discovery pointing at 'three' regions: groups follow it, not the planted red square
+    disc = _hand_discovery(env["setting"].eval_dir, "three")
+    lab = label_regions(load_model("tiny", checkpoint=env["ckpt"]), env["train"], disc, progress=False)
+    truth = np.array(["red_square" in r.region_attributes for r in env["train"].subset("train").records])
+    assert not np.array_equal(lab.feature_present, truth)
+    res = mitigate(env["ckpt"], env["train"], disc, out_dir=tmp_path, method="upsample", config=CFG,
+                   labelling=lab, progress=False)
+    assert res.labelling["groups"] == lab.group_counts()
+    assert res.discovery is None  # given as an object, not a file
+
+
+def test_start_checkpoint_and_missing_init(env, labelling, tmp_path):
+    res = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path / "c", method="vl-erm",
+                   start="checkpoint", config=CFG, labelling=labelling, progress=False)
+    assert res.init["checkpoint"] == str(env["ckpt"].resolve())
+    # a checkpoint without "init" cannot restart from the initialisation unless told where
+    from ravl.models import load_model, save_checkpoint
+
+    bare = save_checkpoint(load_model("tiny", seed=3), tmp_path / "bare")
+    with pytest.raises(CheckpointError, match="init"):
+        mitigate(bare, env["train"], env["discovery"], out_dir=tmp_path / "x", method="vl-erm", config=CFG,
+                 labelling=labelling, progress=False)
+    res = mitigate(bare, env["train"], env["discovery"], out_dir=tmp_path / "y", method="vl-erm", config=CFG,
+                   labelling=labelling, init={"model": "tiny", "seed": 3}, progress=False)
+    assert res.init == {"model": "tiny", "seed": 3}
+
+
+def test_bad_arguments(env, labelling, tmp_path):
+    with pytest.raises(ValueError, match="'method'"):
+        mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, method="nope")
+    with pytest.raises(ValueError, match="'start'"):
+        mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, start="middle")
+    with pytest.raises(ValueError, match="'lam'"):
+        MitigationOptions(lam=-1)
+    opts = MitigationOptions(features=[1], spurious_names=["red square"])
+    assert MitigationOptions.from_dict(json.loads(json.dumps(opts.to_dict()))) == opts

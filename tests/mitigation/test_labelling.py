@@ -1,0 +1,160 @@
+"""Region labelling: fine-tuning regions assigned to the nearest Stage-1 medoid."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ravl.discovery import DiscoveryResult
+from ravl.exceptions import DatasetError
+from ravl.mitigation.labelling import RegionLabelling, assign_to_medoids, label_regions, select_features
+
+
+def hand_discovery(eval_dir, feature_attribute="red_square", split="val"):
+    """A DiscoveryResult-like medoid set: one medoid per ground-truth attribute of the eval split.
+
+    The feature (rank 1, tied to 'nine') is the cluster whose medoid is a region with
+    ``feature_attribute``.
+    """
+    from ravl.data.dataset import load_dataset
+
+    ds = load_dataset(eval_dir).subset(split)
+    t = ds.region_table()
+    attrs = np.array(t.attributes)
+    names = sorted(set(attrs.tolist()))
+    medoids = [int(np.flatnonzero(attrs == a)[0]) for a in names]
+    cluster = names.index(feature_attribute)
+    m = medoids[cluster]
+    i = int(t.image_index[m])
+    region = {"region_index": m, "image_index": i, "similarity": 1.0, "file_name": ds.records[i].file_name,
+              "box": t.boxes[m].tolist()}
+    d = {"status": "ok", "message": "hand-built", "scoring": "ravl", "classes": list(ds.classes), "config": {},
+         "random_state": 0, "n_regions": len(t), "n_images": len(ds), "n_clusters": len(medoids),
+         "silhouette": None, "silhouette_positive": False, "inertia": None, "k_sweep": [],
+         "bounded_memory": False, "sample_size": None, "negative_similarity": "none", "medoid_indices": medoids,
+         "region_clusters": [0] * len(t), "clusters": [],
+         "features": [{"rank": 1, "cluster": cluster, "class": "nine", "gap": 1.0, "influence": 1.0,
+                       "spurious_pattern": True, "n_regions": 1, "n_images": 1, "medoid_region_index": m,
+                       "table": [], "regions": [region]}],
+         "meta": {"data": str(eval_dir), "split": split, "region_mode": "masked"}}
+    return DiscoveryResult.from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    from ravl.data.synthetic import make_spurious_benchmark
+
+    return make_spurious_benchmark(tmp_path_factory.mktemp("lab_setting"), n_train=400, n_eval=200,
+                                   random_state=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from ravl.models import load_model
+
+    return load_model("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def train_ds(setting):
+    from ravl.data.dataset import load_dataset
+
+    return load_dataset(setting.train_dir)
+
+
+@pytest.fixture(scope="module")
+def labelling(model, train_ds, setting):
+    return label_regions(model, train_ds, hand_discovery(setting.eval_dir), progress=False)
+
+
+def test_red_square_medoid_labels_exactly_the_feature_quadrants(labelling, train_ds):
+    train = train_ds.subset("train")
+    table = train.region_table()
+    truth = np.array(table.attributes) == "red_square"
+    assert truth.any()
+    np.testing.assert_array_equal(labelling.is_spurious, truth)
+    np.testing.assert_array_equal(labelling.region_labels.image_index, table.image_index)
+    present = np.array(["red_square" in r.region_attributes for r in train.records])
+    np.testing.assert_array_equal(labelling.feature_present, present)
+    np.testing.assert_array_equal(labelling.groups, 2 * train.label_indices + present)
+    assert labelling.truth["region_precision"] == 1.0 and labelling.truth["region_recall"] == 1.0
+    assert labelling.truth["attribute"] == "red_square"
+    # boxes normalised to the image: quadrants of a 56 px image
+    assert set(map(tuple, labelling.region_labels.boxes_norm.round(3).tolist())) == {
+        (0.0, 0.0, 0.5, 0.5), (0.5, 0.0, 1.0, 0.5), (0.0, 0.5, 0.5, 1.0), (0.5, 0.5, 1.0, 1.0)}
+
+
+def test_counts_per_class_and_group(labelling, train_ds, setting):
+    train = train_ds.subset("train")
+    counts = labelling.class_counts()
+    assert sum(c["n_images"] for c in counts.values()) == len(train)
+    nine = counts["nine"]
+    assert nine["n_present"] > nine["n_absent"]  # the planted correlation (V = 0.95)
+    assert nine["n_present"] + nine["n_absent"] == nine["n_images"]
+    groups = labelling.group_counts()
+    assert len(groups) == 2 * len(train.classes) == labelling.n_groups
+    assert sum(g["n"] for g in groups) == len(train)
+    assert {(g["class"], g["feature_present"]) for g in groups if g["group"] in (18, 19)} == {
+        ("nine", False), ("nine", True)}
+    summary = labelling.summary()
+    json.dumps(summary)
+    assert summary["n_spurious_regions"] == labelling.region_labels.n_spurious
+
+
+def test_round_trip_to_json(labelling):
+    back = RegionLabelling.from_dict(json.loads(json.dumps(labelling.to_dict())))
+    np.testing.assert_array_equal(back.groups, labelling.groups)
+    np.testing.assert_array_equal(back.region_labels.boxes_norm, labelling.region_labels.boxes_norm)
+    assert back.summary() == labelling.summary()
+
+
+def test_groups_follow_the_discovered_feature_not_ground_truth(model, train_ds, setting):
+    # A discovery whose "feature" is the cluster of 'three' regions: groups follow it.
+    lab = label_regions(model, train_ds, hand_discovery(setting.eval_dir, "three"), progress=False)
+    train = train_ds.subset("train")
+    red = np.array(["red_square" in r.region_attributes for r in train.records])
+    assert not np.array_equal(lab.feature_present, red)
+    img_of = lab.region_labels.image_index
+    expect = np.zeros(len(train), dtype=bool)
+    expect[img_of[lab.is_spurious]] = True
+    np.testing.assert_array_equal(lab.feature_present, expect)
+    assert lab.truth["region_precision"] == 0.0
+
+
+def test_explicit_medoids_and_moved_dataset(model, train_ds, setting, tmp_path):
+    disc = hand_discovery(setting.eval_dir)
+    d = disc.to_dict()
+    d["meta"]["data"] = str(tmp_path / "gone")
+    moved = DiscoveryResult.from_dict(d)
+    with pytest.raises(DatasetError, match="does not exist"):
+        label_regions(model, train_ds, moved, progress=False)
+    # the vectors can be given directly
+    from ravl.mitigation.labelling import compute_medoid_embeddings
+
+    med = compute_medoid_embeddings(model, disc)
+    lab = label_regions(model, train_ds, moved, medoid_embeddings=med, split="val", progress=False)
+    assert lab.split == "val" and lab.n_images == len(train_ds.subset("val"))
+    # a changed folder (another region count) is refused
+    d["meta"]["data"] = str(setting.eval_dir)
+    d["n_regions"] += 4
+    with pytest.raises(DatasetError, match="changed since discovery"):
+        label_regions(model, train_ds, DiscoveryResult.from_dict(d), progress=False)
+
+
+def test_feature_selection_and_errors(setting):
+    disc = hand_discovery(setting.eval_dir)
+    assert [f.rank for f in select_features(disc)] == [1]
+    assert [f.rank for f in select_features(disc, "all")] == [1]
+    with pytest.raises(ValueError, match="rank 2"):
+        select_features(disc, [2])
+    d = disc.to_dict()
+    d["features"] = []
+    with pytest.raises(ValueError, match="nothing to mitigate"):
+        select_features(DiscoveryResult.from_dict(d))
+
+
+def test_assign_to_medoids_is_cosine_nearest():
+    cl, sim = assign_to_medoids(np.array([[1.0, 0.1], [0.0, 2.0], [-1.0, 0.0]]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+    assert cl.tolist() == [0, 1, 1] and sim[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        assign_to_medoids(np.zeros((2, 3)), np.zeros((1, 2)))
