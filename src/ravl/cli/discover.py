@@ -19,8 +19,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder for discovery.json, report.html and PNGs")
     parser.add_argument("--region-mode", default=None, choices=["masked", "roi", "crop"],
                         help="how regions are embedded (default: masked)")
+    parser.add_argument("--method", default="ravl", metavar="NAME",
+                        help="discovery method from the registry (default ravl; e.g. ravl_gap_only, random, "
+                             "distilling_failures, george, domino, spurious_aware, NAME_region for the "
+                             "region-as-sample adaptation; see docs/baselines.md)")
     parser.add_argument("--scoring", default="ravl", choices=["ravl", "gap_only", "influence_only", "unweighted"],
-                        help="full RaVL or one of the paper's ablations")
+                        help="full RaVL or one of the paper's ablations (with --method ravl)")
     parser.add_argument("--influence-threshold", type=float, default=0.25)
     parser.add_argument("--k-min", type=int, default=None, help="smallest K tried (default 2C)")
     parser.add_argument("--k-max", type=int, default=None, help="largest K tried (default 5C-1)")
@@ -40,7 +44,10 @@ def print_discovery(result, truth_p10: list[float] | None = None, max_features: 
     if not feats:
         print(f"No spurious feature found. {d.get('message') or ''}".strip())
         return
-    print(f"{len(feats)} feature(s) found (K = {d.get('n_clusters')}).")
+    k = f" (K = {d['n_clusters']})" if d.get("n_clusters") is not None else ""
+    method = (d.get("meta") or {}).get("method")
+    by = f" by {method}" if method else ""
+    print(f"{len(feats)} feature(s) found{by}{k}.")
     for j, f in enumerate(feats[:max_features]):
         extra = f", P@10 = {truth_p10[j]:.2f}" if truth_p10 else ""
         print(f"\nfeature {f.get('rank', j + 1)}: tied to {f['class']!r} (gap {fmt(f.get('gap'))}, "
@@ -55,19 +62,30 @@ def run(args) -> int:
     from ravl.data.dataset import load_dataset
     from ravl.discovery import precision_at_k
     from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
+    from ravl.discovery.registry import RAVL_METHODS, get_discovery_method
     from ravl.report import write_report
     from ravl.utils.io import atomic_write_json
 
+    method = get_discovery_method(args.method)  # unknown name: error listing the registered ones, before any work
     split = None if args.split == "all" else args.split
     ds = load_dataset(args.data, classes=args.classes, require_fields=("label",))
     model = model_from_args(args)
     inputs = discovery_inputs(model, ds, split=split, templates=templates_from_args(args),
                               region_mode=args.region_mode, progress=not args.quiet)
     meta = {"model": model.name, "checkpoint": args.checkpoint, "data": str(Path(args.data).resolve()),
-            "split": split, "region_mode": inputs.region_mode}
-    result = discover_on_inputs(inputs, scoring=args.scoring, min_influence=args.influence_threshold,
-                                k_min=args.k_min, k_max=args.k_max, random_state=args.seed,
-                                progress=not args.quiet, meta=meta)
+            "split": split, "region_mode": inputs.region_mode, "method": args.method}
+    if args.method == "ravl":
+        result = discover_on_inputs(inputs, scoring=args.scoring, min_influence=args.influence_threshold,
+                                    k_min=args.k_min, k_max=args.k_max, random_state=args.seed,
+                                    progress=not args.quiet, meta=meta)
+    elif args.method in RAVL_METHODS:  # the ablations take RaVL's knobs too
+        result = method(inputs, random_state=args.seed, min_influence=args.influence_threshold, k_min=args.k_min,
+                        k_max=args.k_max, progress=not args.quiet, meta=meta)
+    else:
+        from dataclasses import replace
+
+        result = method(inputs, random_state=args.seed)
+        result = replace(result, meta={**meta, **result.meta})
     d = result.to_dict()
     p10 = None
     if args.truth:
