@@ -10,6 +10,8 @@ HELP = "run a benchmark grid (discover: settings x methods -> Precision@10 table
 DEFAULT_FEATURES = ["red_square", "ring", "stripes"]
 DEFAULT_CLASSES = ["nine", "three", "five"]
 DEFAULT_STRENGTHS = [0.9, 0.95, 0.99]
+DEFAULT_METHODS = ["ravl", "ravl_gap_only", "ravl_influence_only", "ravl_unweighted", "random",
+                   "distilling_failures", "george", "domino", "spurious_aware"]
 
 
 def add_arguments(parser) -> None:
@@ -22,8 +24,8 @@ def add_arguments(parser) -> None:
     d.add_argument("--spurious-classes", nargs="+", default=DEFAULT_CLASSES)
     d.add_argument("--strengths", nargs="+", type=float, default=DEFAULT_STRENGTHS)
     d.add_argument("--seeds", nargs="+", type=int, default=[0])
-    d.add_argument("--methods", nargs="+", default=["ravl", "ravl_gap_only", "ravl_influence_only",
-                                                    "ravl_unweighted", "random"])
+    d.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
+                   help="registered discovery methods (see ravl.discovery.registry.list_discovery_methods)")
     d.add_argument("--n-train", type=int, default=4000)
     d.add_argument("--n-eval", type=int, default=2000)
     d.add_argument("--epochs", type=int, default=5)
@@ -94,7 +96,7 @@ def run(args) -> int:
 
     unknown = [m for m in args.methods if m not in DISCOVERY_METHODS]
     if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; known: {sorted(DISCOVERY_METHODS)}")
+        raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(DISCOVERY_METHODS)}")
     out = Path(args.out)
     specs = grid(args.features, args.spurious_classes, args.strengths, args.seeds)
     cfg = BenchmarkConfig(n_train=args.n_train, n_eval=args.n_eval, epochs=args.epochs)

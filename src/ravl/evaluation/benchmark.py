@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,34 +65,42 @@ def grid(features: Sequence[str], spurious_classes: Sequence[str], strengths: Se
             for f, c, v, s in itertools.product(features, spurious_classes, strengths, seeds)]
 
 
-def _ravl_method(scoring: str) -> Callable[..., dict[str, Any]]:
-    def run(inputs, random_state: int = 0) -> dict[str, Any]:
-        from ravl.discovery.pipeline import discover_on_inputs
-
-        res = discover_on_inputs(inputs, scoring=scoring, random_state=random_state, progress=False)
-        if not res.features:
-            return {"ranked_regions": [], "class": None, "n_features": 0}
-        top = res.features[0]
-        return {"ranked_regions": [int(r) for r in top.region_indices], "class": top.class_name,
-                "n_features": len(res.features)}
-
-    return run
+def _row(result) -> dict[str, Any]:
+    top = result.top
+    return {"ranked_regions": [int(r) for r in result.ranked_regions()],
+            "class": top.class_name if top is not None else None, "n_features": len(result.features)}
 
 
-def _random_method(inputs, random_state: int = 0) -> dict[str, Any]:
-    rng = np.random.default_rng(random_state)
-    return {"ranked_regions": rng.permutation(len(inputs.region_embeddings)).tolist(), "class": None,
-            "n_features": 1}
+class _RegisteredMethods(Mapping):
+    """Live view of :mod:`ravl.discovery.registry`: name -> fn(inputs, random_state) -> row dict.
+
+    Methods a user registers with :func:`ravl.discovery.registry.register_discovery_method` are
+    benchmarked with no change here.
+    """
+
+    def __getitem__(self, name: str) -> Callable[..., dict[str, Any]]:
+        from ravl.discovery.registry import get_discovery_method
+
+        fn = get_discovery_method(name)
+
+        def run(inputs, random_state: int = 0) -> dict[str, Any]:
+            return _row(fn(inputs, random_state=random_state))
+
+        return run
+
+    def __iter__(self) -> Iterator[str]:
+        from ravl.discovery.registry import list_discovery_methods
+
+        return iter(list_discovery_methods())
+
+    def __len__(self) -> int:
+        from ravl.discovery.registry import list_discovery_methods
+
+        return len(list_discovery_methods())
 
 
-#: name -> fn(inputs: DiscoveryInputs, random_state) -> {"ranked_regions", "class", "n_features"}
-DISCOVERY_METHODS: dict[str, Callable[..., dict[str, Any]]] = {
-    "ravl": _ravl_method("ravl"),
-    "ravl_gap_only": _ravl_method("gap_only"),
-    "ravl_influence_only": _ravl_method("influence_only"),
-    "ravl_unweighted": _ravl_method("unweighted"),
-    "random": _random_method,
-}
+#: name -> fn(inputs, random_state) -> {"ranked_regions", "class", "n_features"}; includes user-registered methods.
+DISCOVERY_METHODS: Mapping[str, Callable[..., dict[str, Any]]] = _RegisteredMethods()
 
 
 def _precision(ranked: Sequence[int], attributes: Sequence[str], feature: str, k: int) -> float:
