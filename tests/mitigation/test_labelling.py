@@ -158,3 +158,11 @@ def test_assign_to_medoids_is_cosine_nearest():
     assert cl.tolist() == [0, 1, 1] and sim[1] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         assign_to_medoids(np.zeros((2, 3)), np.zeros((1, 2)))
+
+
+def test_discovery_without_medoids_is_refused_clearly(model, train_ds, setting):
+    d = hand_discovery(setting.eval_dir).to_dict()
+    d["medoid_indices"] = []
+    d["meta"]["method"] = "domino"
+    with pytest.raises(ValueError, match=r"\(domino\) has no cluster medoids"):
+        label_regions(model, train_ds, DiscoveryResult.from_dict(d), progress=False)

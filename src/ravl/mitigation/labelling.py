@@ -233,7 +233,10 @@ def compute_medoid_embeddings(model, discovery, *, eval_dataset: Any = None, reg
     mode = region_mode or discovery.meta.get("region_mode") or DEFAULT_REGION_MODE
     check_choice(mode, "region_mode", "compute_medoid_embeddings", REGION_MODES)
     if not discovery.medoid_indices:
-        raise ValueError("The discovery result has no medoids (no clustering was kept); nothing to label with.")
+        method = discovery.meta.get("method", discovery.scoring)
+        raise ValueError(f"The discovery result ({method}) has no cluster medoids, so fine-tuning regions cannot be "
+                         "assigned to its features. Region labelling needs a clustering discovery: `ravl discover` "
+                         "with --method ravl or one of its ablations.")
     if eval_dataset is None:
         path = discovery.meta.get("data")
         if not path:
