@@ -76,12 +76,14 @@ def _plot(summary, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for m in dict.fromkeys(s["method"] for s in summary):
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    for i, m in enumerate(methods):
+        dodge = (i - (len(methods) - 1) / 2) * 0.0015  # keep overlapping error bars apart
         pts = sorted((s["cramers_v"], s["p_at_10"], s["ci95"]) for s in summary
                      if s["method"] == m and s["cramers_v"] != "all" and s["n_settings"] > 0)
         if pts:
             xs, ys, es = zip(*pts)
-            ax.errorbar(xs, ys, yerr=[0 if e != e else e for e in es], marker="o", capsize=3, label=m)
+            ax.errorbar([x + dodge for x in xs], ys, yerr=[0 if e != e else e for e in es], marker="o", capsize=3, label=m)
     ax.set_xlabel("Cramér's V of the planted correlation")
     ax.set_ylabel("Precision@10")
     ax.set_ylim(0, 1.05)
