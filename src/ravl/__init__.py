@@ -45,6 +45,9 @@ _EXPORTS: dict[str, str] = {
     "discover": "ravl.discovery",
     "DiscoveryResult": "ravl.discovery",
     "precision_at_k": "ravl.discovery",
+    # mitigation
+    "mitigate": "ravl.mitigation.api",
+    "MitigationResult": "ravl.mitigation.api",
     # report
     "write_report": "ravl.report.html",
     # exceptions

@@ -11,7 +11,7 @@ def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("demo", "make-benchmark", "finetune", "evaluate", "discover", "benchmark", "validate", "models"):
+    for cmd in ("demo", "make-benchmark", "finetune", "evaluate", "discover", "mitigate", "benchmark", "validate", "models"):
         assert cmd in out
 
 

@@ -39,7 +39,15 @@ from ravl.mitigation.objectives import (
     prompt_template_embeddings,
 )
 
+from ravl.mitigation.api import MitigationOptions, MitigationResult, mitigate  # noqa: E402
+from ravl.mitigation.labelling import RegionLabelling, label_regions  # noqa: E402
+
 __all__ = [
+    "mitigate",
+    "MitigationOptions",
+    "MitigationResult",
+    "label_regions",
+    "RegionLabelling",
     # losses
     "region_aware_loss",
     "vl_erm_per_sample",
