@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from ravl.cli import main
 
 
+@pytest.mark.filterwarnings("ignore::ravl.discovery.core.NoFeatureWarning")
 def test_demo_end_to_end_small(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--n-train", "600", "--n-eval", "200", "--epochs", "1", "--quiet"]) == 0
