@@ -21,6 +21,7 @@ it the reference columns are left empty and ravl's part still runs.
 Usage::
 
     python benchmarks/discovery_speed.py                       # 4,000 and 20,000, then 100,000
+    python benchmarks/discovery_speed.py --big-exact           # ... and 100,000 without sampling
     python benchmarks/discovery_speed.py --sizes 4000 --big 0  # quick
     python benchmarks/discovery_speed.py --out benchmarks/results/discovery_speed.json
 """
@@ -79,10 +80,20 @@ def make_setting(n_regions: int, *, n_classes: int = 10, dim: int = 512, seed: i
     kinds[has_feat, pos[has_feat, 1]] = c + 1
     kinds = kinds.ravel()
     region_image = np.repeat(np.arange(n_img), 4)
-    noise_scale = np.where(kinds < c, 2.0, np.where(kinds == c, 0.4, 0.6))
-    emb = cone * base + 3.0 * protos[kinds] + noise_scale[:, None] * rng.standard_normal((kinds.size, dim)) / np.sqrt(dim)
+    noise_scale = np.where(kinds < c, 2.0, np.where(kinds == c, 0.4, 0.6)).astype(np.float32)
+    style = rng.integers(0, 3, kinds.size)
+    emb = np.empty((kinds.size, dim), dtype=np.float32)
+    base32, protos32, styles32 = base.astype(np.float32), protos.astype(np.float32), styles.astype(np.float32)
+    step = 8192
+    for a in range(0, kinds.size, step):  # float32 blocks: the generator stays small next to discover
+        kb = kinds[a:a + step]
+        blk = cone * base32 + 3.0 * protos32[kb]
+        blk += noise_scale[a:a + step, None] * (rng.standard_normal((kb.size, dim), dtype=np.float32)
+                                                / np.float32(np.sqrt(dim)))
+        dg = kb < c
+        blk[dg] += 1.5 * styles32[kb[dg], style[a:a + step][dg]]
+        emb[a:a + step] = blk
     digit = kinds < c
-    emb[digit] += 1.5 * styles[kinds[digit], rng.integers(0, 3, digit.sum())]
     # predictions
     preds = labels.copy()
     u = rng.random(n_img)
@@ -101,7 +112,7 @@ def make_setting(n_regions: int, *, n_classes: int = 10, dim: int = 512, seed: i
     probs /= probs.sum(axis=1, keepdims=True)
     classes = [f"class{i}" for i in range(c - 1)] + ["nine"]
     attributes = np.array(classes + ["empty", "red_square"])[kinds]
-    return {"embeddings": emb.astype(np.float32), "region_image": region_image, "labels": labels,
+    return {"embeddings": emb, "region_image": region_image, "labels": labels,
             "predictions": preds, "region_probabilities": probs, "attributes": attributes.tolist(),
             "classes": classes, "spurious": "red_square"}
 
@@ -234,7 +245,7 @@ def ravl_discover(data, seed=0, **kw):
     return res, time.perf_counter() - t0
 
 
-def _big_child(n: int, dim: int, n_classes: int, seed: int) -> None:
+def _big_child(n: int, dim: int, n_classes: int, seed: int, exact: bool = False) -> None:
     """Subprocess body: discover on n regions; print JSON with time and peak memory."""
     import resource
     import tracemalloc
@@ -242,14 +253,14 @@ def _big_child(n: int, dim: int, n_classes: int, seed: int) -> None:
     data = make_setting(n, n_classes=n_classes, dim=dim, seed=seed)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
-    res, secs = ravl_discover(data, seed=seed)
+    res, secs = ravl_discover(data, seed=seed, **({"max_exact": None} if exact else {}))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     from ravl.discovery import precision_at_k
 
     top = res.top
     print(json.dumps({
-        "n_regions": n, "seconds": secs, "tracemalloc_peak_gib": peak / 2**30,
+        "n_regions": n, "exact": exact, "seconds": secs, "tracemalloc_peak_gib": peak / 2**30,
         "maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "maxrss_before_discover_gib": rss_before / 2**20,
         "input_gib": data["embeddings"].nbytes / 2**30,
@@ -313,7 +324,8 @@ def run_size(n: int, args, ref_missing: str | None) -> dict:
     rtop = reference_identify_rank(e, ref["labels"], ref["medoids"], data["labels"], data["predictions"],
                                    data["region_image"], data["region_probabilities"])
     out["reference_top"] = None if rtop is None else {
-        "cluster": rtop["cluster"], "class": None if rtop["class_index"] is None else data["classes"][rtop["class_index"]],
+        "cluster": rtop["cluster"],
+        "class": None if rtop["class_index"] is None else data["classes"][rtop["class_index"]],
         "gap": rtop["gap"], "influence": rtop["influence"], "n_regions": len(rtop["regions"])}
     out["reference_p_at_10"] = None if rtop is None else precision_at_k(
         rtop["regions"], data["spurious"], 10, region_attributes=data["attributes"])
@@ -335,7 +347,7 @@ def _fmt(v, spec=".3f"):
     return str(v)
 
 
-def print_table(rows: list[dict], big: dict | None) -> None:
+def print_table(rows: list[dict], bigs: list[dict] | None) -> None:
     print()
     print("| regions | reference s | ravl s | speed-up | K ref / ravl | silhouette ref / ravl | "
           "objective ref / ravl | same clustering | top feature agrees | P@10 ref / ravl |")
@@ -343,16 +355,20 @@ def print_table(rows: list[dict], big: dict | None) -> None:
     for r in rows:
         print(f"| {r['n_regions']:,} | {_fmt(r.get('reference_seconds'), '.2f')} | {_fmt(r['ravl_seconds'], '.2f')} | "
               f"{_fmt(r.get('speedup'), '.1f')}x | {_fmt(r.get('reference_k'))} / {r['ravl_k']} | "
-              f"{_fmt(r.get('reference_eval_silhouette'), '.4f')} / {_fmt(r.get('ravl_eval_silhouette', r['ravl_silhouette']), '.4f')} | "
+              f"{_fmt(r.get('reference_eval_silhouette'), '.4f')} / "
+              f"{_fmt(r.get('ravl_eval_silhouette', r['ravl_silhouette']), '.4f')} | "
               f"{_fmt(r.get('reference_eval_objective'), '.2f')} / {_fmt(r.get('ravl_eval_objective'), '.2f')} | "
               f"{_fmt(r.get('same_labels'))} | {_fmt(r.get('top_feature_agrees'))} | "
               f"{_fmt(r.get('reference_p_at_10'), '.1f')} / {_fmt(r['ravl_p_at_10'], '.1f')} |")
-    if big:
-        print(f"| {big['n_regions']:,} | (not run) | {big['seconds']:.2f} | — | — / {big['k']} | — / "
-              f"{_fmt(big['silhouette'], '.4f')} (sample) | — | — | top: {big['top_class']} | — / {big['p_at_10']:.1f} |")
-        print(f"\n{big['n_regions']:,} regions: {big['seconds']:.1f} s, peak traced memory in discover "
-              f"{big['tracemalloc_peak_gib']:.2f} GiB, process max RSS {big['maxrss_gib']:.2f} GiB (inputs "
-              f"{big['input_gib']:.2f} GiB), bounded-memory path: {big['bounded_memory']}")
+    for big in bigs or []:
+        mode = "exact" if big["exact"] else "sample"
+        print(f"| {big['n_regions']:,} ({mode}) | (not run) | {big['seconds']:.2f} | — | — / {big['k']} | — / "
+              f"{_fmt(big['silhouette'], '.4f')} | — | — | top: {big['top_class']} | — / {big['p_at_10']:.1f} |")
+    for big in bigs or []:
+        print(f"\n{big['n_regions']:,} regions ({'exact' if big['exact'] else 'bounded-memory sample'}): "
+              f"{big['seconds']:.1f} s, peak traced memory in discover {big['tracemalloc_peak_gib']:.2f} GiB, "
+              f"process max RSS {big['maxrss_gib']:.2f} GiB ({big['maxrss_before_discover_gib']:.2f} GiB before "
+              f"discover; inputs {big['input_gib']:.2f} GiB)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,11 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-reference", action="store_true", help="skip the reference even if installed")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "discovery_speed.json"))
+    p.add_argument("--big-exact", action="store_true",
+                   help="also run the large size without sampling (max_exact=None)")
     p.add_argument("--_child", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--_exact", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     os.environ.setdefault("RAVL_PROGRESS", "0")
     if args._child:
-        _big_child(args._child, args.dim, args.classes, args.seed)
+        _big_child(args._child, args.dim, args.classes, args.seed, args._exact)
         return 0
     ref_missing = "--no-reference" if args.no_reference else have_reference()
     if ref_missing is not None:
@@ -382,23 +401,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {n:,} regions ...", file=sys.stderr, flush=True)
         rows.append(run_size(n, args, ref_missing))
         print(json.dumps(rows[-1], default=str), file=sys.stderr, flush=True)
-    big = None
+    bigs = []
     if args.big:
-        print(f"running ravl alone on {args.big:,} regions (subprocess) ...", file=sys.stderr, flush=True)
-        t = time.perf_counter()
-        cp = subprocess.run([sys.executable, __file__, "--_child", str(args.big), "--dim", str(args.dim),
-                             "--classes", str(args.classes), "--seed", str(args.seed)],
-                            capture_output=True, text=True, check=True)
-        big = json.loads(cp.stdout.strip().splitlines()[-1])
-        big["wall_with_data_generation_s"] = time.perf_counter() - t
+        for exact in ([False, True] if args.big_exact else [False]):
+            print(f"running ravl alone on {args.big:,} regions{' (exact)' if exact else ''} (subprocess) ...",
+                  file=sys.stderr, flush=True)
+            t = time.perf_counter()
+            cmd = [sys.executable, __file__, "--_child", str(args.big), "--dim", str(args.dim), "--classes",
+                   str(args.classes), "--seed", str(args.seed)] + (["--_exact"] if exact else [])
+            cp = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            big = json.loads(cp.stdout.strip().splitlines()[-1])
+            big["wall_with_data_generation_s"] = time.perf_counter() - t
+            bigs.append(big)
     result = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
                           "cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
               "reference": ref_missing or "scikit-learn-extra KMedoids + sklearn silhouette_score",
-              "dim": args.dim, "classes": args.classes, "cone": args.cone, "sizes": rows, "big": big}
+              "dim": args.dim, "classes": args.classes, "cone": args.cone, "sizes": rows, "big": bigs}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    print_table(rows, big)
+    print_table(rows, bigs)
     print(f"\nwritten {out}")
     return 0
 
