@@ -40,3 +40,42 @@ def trained_tiny(small_setting, tmp_path_factory):
     finetune(model, ds, out, FinetuneConfig(epochs=2, batch_size=64), progress=False,
              init={"model": "tiny", "seed": 0, "checkpoint": None})
     return model, out
+
+
+def _hand_discovery(eval_dir, feature_attribute="red_square", split="val"):
+    """A DiscoveryResult-like medoid set: one medoid per ground-truth attribute of the eval split.
+
+    The feature (rank 1, tied to 'nine') is the cluster whose medoid is a region with
+    ``feature_attribute``.
+    """
+    import numpy as np
+
+    from ravl.data.dataset import load_dataset
+    from ravl.discovery import DiscoveryResult
+
+    ds = load_dataset(eval_dir).subset(split)
+    t = ds.region_table()
+    attrs = np.array(t.attributes)
+    names = sorted(set(attrs.tolist()))
+    medoids = [int(np.flatnonzero(attrs == a)[0]) for a in names]
+    cluster = names.index(feature_attribute)
+    m = medoids[cluster]
+    i = int(t.image_index[m])
+    region = {"region_index": m, "image_index": i, "similarity": 1.0, "file_name": ds.records[i].file_name,
+              "box": t.boxes[m].tolist()}
+    d = {"status": "ok", "message": "hand-built", "scoring": "ravl", "classes": list(ds.classes), "config": {},
+         "random_state": 0, "n_regions": len(t), "n_images": len(ds), "n_clusters": len(medoids),
+         "silhouette": None, "silhouette_positive": False, "inertia": None, "k_sweep": [],
+         "bounded_memory": False, "sample_size": None, "negative_similarity": "none", "medoid_indices": medoids,
+         "region_clusters": [0] * len(t), "clusters": [],
+         "features": [{"rank": 1, "cluster": cluster, "class": "nine", "gap": 1.0, "influence": 1.0,
+                       "spurious_pattern": True, "n_regions": 1, "n_images": 1, "medoid_region_index": m,
+                       "table": [], "regions": [region]}],
+         "meta": {"data": str(eval_dir), "split": split, "region_mode": "masked"}}
+    return DiscoveryResult.from_dict(d)
+
+
+@pytest.fixture(scope="session")
+def hand_discovery():
+    """``hand_discovery(eval_dir, feature_attribute="red_square", split="val") -> DiscoveryResult``."""
+    return _hand_discovery

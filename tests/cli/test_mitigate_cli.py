@@ -3,41 +3,14 @@
 import json
 import warnings
 
-import numpy as np
 import pytest
 
 from ravl.cli import main
 from ravl.exceptions import RavlWarning
 
 
-def _hand_discovery(eval_dir):
-    """One medoid per ground-truth attribute of the eval 'val' split; the red-square cluster is the feature."""
-    from ravl.data.dataset import load_dataset
-    from ravl.discovery import DiscoveryResult
-
-    ds = load_dataset(eval_dir).subset("val")
-    t = ds.region_table()
-    attrs = np.array(t.attributes)
-    names = sorted(set(attrs.tolist()))
-    medoids = [int(np.flatnonzero(attrs == a)[0]) for a in names]
-    cluster = names.index("red_square")
-    m = medoids[cluster]
-    i = int(t.image_index[m])
-    return DiscoveryResult.from_dict({
-        "status": "ok", "message": "hand-built", "scoring": "ravl", "classes": list(ds.classes), "config": {},
-        "random_state": 0, "n_regions": len(t), "n_images": len(ds), "n_clusters": len(medoids),
-        "silhouette": None, "silhouette_positive": False, "inertia": None, "k_sweep": [], "bounded_memory": False,
-        "sample_size": None, "negative_similarity": "none", "medoid_indices": medoids,
-        "region_clusters": [0] * len(t), "clusters": [],
-        "features": [{"rank": 1, "cluster": cluster, "class": "nine", "gap": 1.0, "influence": 1.0,
-                      "spurious_pattern": True, "n_regions": 1, "n_images": 1, "medoid_region_index": m,
-                      "table": [], "regions": [{"region_index": m, "image_index": i, "similarity": 1.0,
-                                                "file_name": ds.records[i].file_name, "box": t.boxes[m].tolist()}]}],
-        "meta": {"data": str(eval_dir), "split": "val", "region_mode": "masked"}})
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(hand_discovery, tmp_path_factory):
     from ravl.data.dataset import load_dataset
     from ravl.data.synthetic import make_spurious_benchmark
     from ravl.models import load_model
@@ -53,7 +26,7 @@ def tiny(tmp_path_factory):
              FinetuneConfig(epochs=1, batch_size=16, val_split=None, checkpoint_interval_s=1e-9), progress=False,
              init={"model": "tiny", "seed": 0, "checkpoint": None})
     disc = root / "discovery.json"
-    _hand_discovery(s.eval_dir).to_json(disc)
+    hand_discovery(s.eval_dir).to_json(disc)
     return s, ckpt, disc
 
 

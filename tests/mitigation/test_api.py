@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from ravl.discovery import DiscoveryResult
 from ravl.exceptions import CheckpointError
 from ravl.mitigation.api import METHODS, MitigationOptions, MitigationResult, mitigate
 from ravl.training.loop import FinetuneConfig
@@ -14,33 +13,8 @@ from ravl.training.loop import FinetuneConfig
 CFG = FinetuneConfig(epochs=1, batch_size=16, val_split=None, checkpoint_interval_s=1e-9)
 
 
-def _hand_discovery(eval_dir, feature_attribute="red_square"):
-    """One medoid per ground-truth attribute of the eval 'val' split; the feature is ``feature_attribute``."""
-    from ravl.data.dataset import load_dataset
-
-    ds = load_dataset(eval_dir).subset("val")
-    t = ds.region_table()
-    attrs = np.array(t.attributes)
-    names = sorted(set(attrs.tolist()))
-    medoids = [int(np.flatnonzero(attrs == a)[0]) for a in names]
-    cluster = names.index(feature_attribute)
-    m = medoids[cluster]
-    i = int(t.image_index[m])
-    return DiscoveryResult.from_dict({
-        "status": "ok", "message": "hand-built", "scoring": "ravl", "classes": list(ds.classes), "config": {},
-        "random_state": 0, "n_regions": len(t), "n_images": len(ds), "n_clusters": len(medoids),
-        "silhouette": None, "silhouette_positive": False, "inertia": None, "k_sweep": [], "bounded_memory": False,
-        "sample_size": None, "negative_similarity": "none", "medoid_indices": medoids,
-        "region_clusters": [0] * len(t), "clusters": [],
-        "features": [{"rank": 1, "cluster": cluster, "class": "nine", "gap": 1.0, "influence": 1.0,
-                      "spurious_pattern": True, "n_regions": 1, "n_images": 1, "medoid_region_index": m,
-                      "table": [], "regions": [{"region_index": m, "image_index": i, "similarity": 1.0,
-                                                "file_name": ds.records[i].file_name, "box": t.boxes[m].tolist()}]}],
-        "meta": {"data": str(eval_dir), "split": "val", "region_mode": "masked"}})
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(hand_discovery, tmp_path_factory):
     """A tiny setting: 32 training images, an audited checkpoint (1 short epoch), a discovery.json."""
     from ravl.data.dataset import load_dataset
     from ravl.data.synthetic import make_spurious_benchmark
@@ -59,7 +33,7 @@ def env(tmp_path_factory):
     finetune(load_model("tiny", seed=0), small, ckpt, CFG, progress=False,
              init={"model": "tiny", "seed": 0, "checkpoint": None})
     disc = root / "discovery.json"
-    _hand_discovery(s.eval_dir).to_json(disc)
+    hand_discovery(s.eval_dir).to_json(disc)
     return {"setting": s, "train": small, "ckpt": ckpt, "discovery": disc, "root": root}
 
 
@@ -128,12 +102,12 @@ def test_interrupted_ravl_run_resumes_to_identical_weights(env, labelling, tmp_p
         torch.testing.assert_close(v, ref[k], rtol=0, atol=0)
 
 
-def test_upsample_groups_come_from_discovery(env, tmp_path):
+def test_upsample_groups_come_from_discovery(hand_discovery, env, tmp_path):
     from ravl.mitigation.labelling import label_regions
     from ravl.models import load_model
 
     # a discovery pointing at 'three' regions: groups follow it, not the planted red square
-    disc = _hand_discovery(env["setting"].eval_dir, "three")
+    disc = hand_discovery(env["setting"].eval_dir, "three")
     lab = label_regions(load_model("tiny", checkpoint=env["ckpt"]), env["train"], disc, progress=False)
     truth = np.array(["red_square" in r.region_attributes for r in env["train"].subset("train").records])
     assert not np.array_equal(lab.feature_present, truth)

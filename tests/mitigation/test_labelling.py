@@ -10,36 +10,6 @@ from ravl.exceptions import DatasetError
 from ravl.mitigation.labelling import RegionLabelling, assign_to_medoids, label_regions, select_features
 
 
-def hand_discovery(eval_dir, feature_attribute="red_square", split="val"):
-    """A DiscoveryResult-like medoid set: one medoid per ground-truth attribute of the eval split.
-
-    The feature (rank 1, tied to 'nine') is the cluster whose medoid is a region with
-    ``feature_attribute``.
-    """
-    from ravl.data.dataset import load_dataset
-
-    ds = load_dataset(eval_dir).subset(split)
-    t = ds.region_table()
-    attrs = np.array(t.attributes)
-    names = sorted(set(attrs.tolist()))
-    medoids = [int(np.flatnonzero(attrs == a)[0]) for a in names]
-    cluster = names.index(feature_attribute)
-    m = medoids[cluster]
-    i = int(t.image_index[m])
-    region = {"region_index": m, "image_index": i, "similarity": 1.0, "file_name": ds.records[i].file_name,
-              "box": t.boxes[m].tolist()}
-    d = {"status": "ok", "message": "hand-built", "scoring": "ravl", "classes": list(ds.classes), "config": {},
-         "random_state": 0, "n_regions": len(t), "n_images": len(ds), "n_clusters": len(medoids),
-         "silhouette": None, "silhouette_positive": False, "inertia": None, "k_sweep": [],
-         "bounded_memory": False, "sample_size": None, "negative_similarity": "none", "medoid_indices": medoids,
-         "region_clusters": [0] * len(t), "clusters": [],
-         "features": [{"rank": 1, "cluster": cluster, "class": "nine", "gap": 1.0, "influence": 1.0,
-                       "spurious_pattern": True, "n_regions": 1, "n_images": 1, "medoid_region_index": m,
-                       "table": [], "regions": [region]}],
-         "meta": {"data": str(eval_dir), "split": split, "region_mode": "masked"}}
-    return DiscoveryResult.from_dict(d)
-
-
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory):
     from ravl.data.synthetic import make_spurious_benchmark
@@ -63,7 +33,7 @@ def train_ds(setting):
 
 
 @pytest.fixture(scope="module")
-def labelling(model, train_ds, setting):
+def labelling(hand_discovery, model, train_ds, setting):
     return label_regions(model, train_ds, hand_discovery(setting.eval_dir), progress=False)
 
 
@@ -108,7 +78,7 @@ def test_round_trip_to_json(labelling):
     assert back.summary() == labelling.summary()
 
 
-def test_groups_follow_the_discovered_feature_not_ground_truth(model, train_ds, setting):
+def test_groups_follow_the_discovered_feature_not_ground_truth(hand_discovery, model, train_ds, setting):
     # A discovery whose "feature" is the cluster of 'three' regions: groups follow it.
     lab = label_regions(model, train_ds, hand_discovery(setting.eval_dir, "three"), progress=False)
     train = train_ds.subset("train")
@@ -121,7 +91,7 @@ def test_groups_follow_the_discovered_feature_not_ground_truth(model, train_ds, 
     assert lab.truth["region_precision"] == 0.0
 
 
-def test_explicit_medoids_and_moved_dataset(model, train_ds, setting, tmp_path):
+def test_explicit_medoids_and_moved_dataset(hand_discovery, model, train_ds, setting, tmp_path):
     disc = hand_discovery(setting.eval_dir)
     d = disc.to_dict()
     d["meta"]["data"] = str(tmp_path / "gone")
@@ -141,7 +111,7 @@ def test_explicit_medoids_and_moved_dataset(model, train_ds, setting, tmp_path):
         label_regions(model, train_ds, DiscoveryResult.from_dict(d), progress=False)
 
 
-def test_feature_selection_and_errors(setting):
+def test_feature_selection_and_errors(hand_discovery, setting):
     disc = hand_discovery(setting.eval_dir)
     assert [f.rank for f in select_features(disc)] == [1]
     assert [f.rank for f in select_features(disc, "all")] == [1]
@@ -160,7 +130,7 @@ def test_assign_to_medoids_is_cosine_nearest():
         assign_to_medoids(np.zeros((2, 3)), np.zeros((1, 2)))
 
 
-def test_discovery_without_medoids_is_refused_clearly(model, train_ds, setting):
+def test_discovery_without_medoids_is_refused_clearly(hand_discovery, model, train_ds, setting):
     d = hand_discovery(setting.eval_dir).to_dict()
     d["medoid_indices"] = []
     d["meta"]["method"] = "domino"

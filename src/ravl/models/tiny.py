@@ -42,7 +42,7 @@ from PIL import Image
 from torch import nn
 
 from ravl.models.base import register_model
-from ravl.models.tokenizer import EOS_ID, PAD_ID, VOCAB_SIZE, ByteTokenizer
+from ravl.models.tokenizer import PAD_ID, VOCAB_SIZE, ByteTokenizer
 from ravl.utils.validation import check_float, check_int
 
 __all__ = ["TinyCLIPConfig", "TinyCLIP", "TinyCLIPAdapter", "build_tiny_clip", "CLIP_MEAN", "CLIP_STD"]
