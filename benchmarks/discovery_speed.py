@@ -245,13 +245,27 @@ def ravl_discover(data, seed=0, **kw):
     return res, time.perf_counter() - t0
 
 
+def _peak_rss_gib() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss survives exec on Linux, so it can
+    report the parent's peak)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def _big_child(n: int, dim: int, n_classes: int, seed: int, exact: bool = False) -> None:
     """Subprocess body: discover on n regions; print JSON with time and peak memory."""
-    import resource
     import tracemalloc
 
     data = make_setting(n, n_classes=n_classes, dim=dim, seed=seed)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = _peak_rss_gib()
     tracemalloc.start()
     res, secs = ravl_discover(data, seed=seed, **({"max_exact": None} if exact else {}))
     _, peak = tracemalloc.get_traced_memory()
@@ -261,8 +275,7 @@ def _big_child(n: int, dim: int, n_classes: int, seed: int, exact: bool = False)
     top = res.top
     print(json.dumps({
         "n_regions": n, "exact": exact, "seconds": secs, "tracemalloc_peak_gib": peak / 2**30,
-        "maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "maxrss_before_discover_gib": rss_before / 2**20,
+        "maxrss_gib": _peak_rss_gib(), "maxrss_before_discover_gib": rss_before,
         "input_gib": data["embeddings"].nbytes / 2**30,
         "k": res.n_clusters, "silhouette": res.silhouette, "bounded_memory": res.bounded_memory,
         "top_class": None if top is None else top.class_name,
@@ -361,11 +374,11 @@ def print_table(rows: list[dict], bigs: list[dict] | None) -> None:
               f"{_fmt(r.get('same_labels'))} | {_fmt(r.get('top_feature_agrees'))} | "
               f"{_fmt(r.get('reference_p_at_10'), '.1f')} / {_fmt(r['ravl_p_at_10'], '.1f')} |")
     for big in bigs or []:
-        mode = "exact" if big["exact"] else "sample"
+        mode = "sample" if big["bounded_memory"] else "exact"
         print(f"| {big['n_regions']:,} ({mode}) | (not run) | {big['seconds']:.2f} | — | — / {big['k']} | — / "
               f"{_fmt(big['silhouette'], '.4f')} | — | — | top: {big['top_class']} | — / {big['p_at_10']:.1f} |")
     for big in bigs or []:
-        print(f"\n{big['n_regions']:,} regions ({'exact' if big['exact'] else 'bounded-memory sample'}): "
+        print(f"\n{big['n_regions']:,} regions ({'bounded-memory sample' if big['bounded_memory'] else 'exact'}): "
               f"{big['seconds']:.1f} s, peak traced memory in discover {big['tracemalloc_peak_gib']:.2f} GiB, "
               f"process max RSS {big['maxrss_gib']:.2f} GiB ({big['maxrss_before_discover_gib']:.2f} GiB before "
               f"discover; inputs {big['input_gib']:.2f} GiB)")
