@@ -389,6 +389,24 @@ def _reduce_2d(x: np.ndarray, reducer: str, n_neighbors: int, seed: int) -> tupl
     return PCA(n_components=2, random_state=seed).fit_transform(x), "pca"
 
 
+#: reg_covar values George's Gaussian mixtures try in turn: UMAP with min_dist=0 can collapse a
+#: component onto (nearly) one point, whose covariance is then singular at scikit-learn's 1e-6.
+_GMM_REG_COVARS = (1e-6, 1e-4, 1e-2)
+
+
+def _fit_gmm(k: int, z: np.ndarray, seed: int):
+    """``GaussianMixture(k, full covariance).fit(z)``, retried with a larger ``reg_covar`` when a component collapses."""
+    from sklearn.mixture import GaussianMixture
+
+    for reg in _GMM_REG_COVARS:
+        try:
+            return GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=reg).fit(z)
+        except ValueError as exc:  # "ill-defined empirical covariance"
+            if reg == _GMM_REG_COVARS[-1] or "covariance" not in str(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 @_single_thread
 def george(inputs: Any, *, adaptation: str = "image", n_components: int | str = "silhouette",
            k_range: tuple[int, int] = (2, 10), reducer: str = "auto", n_neighbors: int = 10,
@@ -447,7 +465,7 @@ def george(inputs: Any, *, adaptation: str = "image", n_components: int | str = 
         if n_components == "silhouette":
             best = None
             for k in range(lo, min(hi, idx.size - 1) + 1):
-                gm = GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-6).fit(z)
+                gm = _fit_gmm(k, z, seed)
                 lab = gm.predict(z)
                 if np.unique(lab).size < 2:
                     continue
@@ -456,8 +474,7 @@ def george(inputs: Any, *, adaptation: str = "image", n_components: int | str = 
                     best = (s, gm)
             gm = best[1] if best is not None else GaussianMixture(1, random_state=seed).fit(z)
         else:
-            gm = GaussianMixture(min(int(n_components), idx.size), covariance_type="full", random_state=seed,
-                                 reg_covar=1e-6).fit(z)
+            gm = _fit_gmm(min(int(n_components), idx.size), z, seed)
         resp = gm.predict_proba(z)
         hard = resp.argmax(1)
         for j in range(resp.shape[1]):
