@@ -1,111 +1,170 @@
-"""``ravl benchmark discover``: the settings grid that measures discovery methods."""
+"""``ravl benchmark discover``: the settings grid that measures discovery methods.
+
+Each benchmark is one subcommand of ``ravl benchmark``, added by its own ``_add_NAME(sub)``
+function that sets ``_benchmark_run`` to the function running it; :func:`run` dispatches.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 COMMAND = "benchmark"
 HELP = "run a benchmark grid (discover: settings x methods -> Precision@10 tables and plot)"
 
-DEFAULT_FEATURES = ["red_square", "ring", "stripes"]
-DEFAULT_CLASSES = ["nine", "three", "five"]
-DEFAULT_STRENGTHS = [0.9, 0.95, 0.99]
-DEFAULT_METHODS = ["ravl", "ravl_gap_only", "ravl_influence_only", "ravl_unweighted", "random",
-                   "distilling_failures", "george", "domino", "spurious_aware"]
-
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    _add_discover(sub)
+
+
+def run(args) -> int:
+    return int(args._benchmark_run(args) or 0)
+
+
+def _add_backend_arguments(p) -> None:
+    """``--backend``, ``--workers``, ``--ray-address``, ``--threads`` (shared by every grid benchmark)."""
+    g = p.add_argument_group("execution")
+    g.add_argument("--backend", choices=["serial", "ray"], default="serial",
+                   help="run settings one after another in this process, or as Ray tasks (pip install 'ravl[ray]'); "
+                        "results.jsonl is byte-identical either way")
+    g.add_argument("--workers", type=int, default=None,
+                   help="Ray: settings run at once (default: CPUs / --threads)")
+    g.add_argument("--ray-address", default=None,
+                   help="Ray: address of an existing cluster ('auto', HOST:PORT, ray://HOST:PORT); "
+                        "default: a private local Ray instance")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch/BLAS threads inside each setting (part of the configuration; default: the grid's)")
+
+
+def _check_backend_arguments(args) -> None:
+    if args.backend == "serial" and (args.workers is not None or args.ray_address is not None):
+        raise SystemExit("error: --workers and --ray-address are used with --backend ray only.")
+    if args.workers is not None and args.workers < 1:
+        raise SystemExit(f"error: --workers must be >= 1; got {args.workers}.")
+
+
+def _add_discover(sub) -> None:
+    import argparse
+
+    from ravl.evaluation.benchmark import DEFAULT_METHODS, GRID_PRESETS
+
     d = sub.add_parser("discover", help="discovery methods on a grid of controlled settings",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Builds every setting (feature x spurious class x V x seed), fine-tunes the tiny "
-                                   "CLIP, applies the validity rule and runs every method; resumable.")
+                                   "CLIP, applies the validity rule and runs every method; resumable. --grid picks "
+                                   "the settings and sizes; explicit options override them.")
     d.add_argument("--out", default="benchmarks/results/discover", help="work folder (cache, results.jsonl, tables)")
-    d.add_argument("--features", nargs="+", default=DEFAULT_FEATURES)
-    d.add_argument("--spurious-classes", nargs="+", default=DEFAULT_CLASSES)
-    d.add_argument("--strengths", nargs="+", type=float, default=DEFAULT_STRENGTHS)
-    d.add_argument("--seeds", nargs="+", type=int, default=[0])
-    d.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
+    d.add_argument("--grid", choices=sorted(GRID_PRESETS), default="default",
+                   help="; ".join(f"{k}: {v.description}" for k, v in GRID_PRESETS.items()))
+    d.add_argument("--features", nargs="+", default=None, help="override the grid's features")
+    d.add_argument("--spurious-classes", nargs="+", default=None, help="override the grid's spurious classes")
+    d.add_argument("--strengths", nargs="+", type=float, default=None, help="override the grid's Cramér's V values")
+    d.add_argument("--seeds", nargs="+", type=int, default=None, help="override the grid's seeds")
+    d.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                    help="registered discovery methods (see ravl.discovery.registry.list_discovery_methods)")
-    d.add_argument("--n-train", type=int, default=4000)
-    d.add_argument("--n-eval", type=int, default=2000)
-    d.add_argument("--epochs", type=int, default=5)
+    d.add_argument("--n-train", type=int, default=None, help="override the grid's fine-tuning images per setting")
+    d.add_argument("--n-eval", type=int, default=None, help="override the grid's evaluation images per setting")
+    d.add_argument("--epochs", type=int, default=None, help="override the grid's fine-tuning epochs")
+    _add_backend_arguments(d)
     d.add_argument("--quiet", action="store_true")
+    d.set_defaults(_benchmark_run=_run_discover)
 
 
-def _write_tables(rows, out: Path) -> list[dict]:
+def _write_tables(rows, out: Path, *, methods, config, wall_seconds=None) -> dict:
     import csv
     import io
 
-    from ravl.evaluation.benchmark import summarize
-    from ravl.utils.io import atomic_write_text
+    from ravl.evaluation.benchmark import format_summary, summarize, summary_tables
+    from ravl.utils.io import atomic_write_json, atomic_write_text
 
-    summary = summarize(rows)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["method", "cramers_v", "p_at_10", "ci95", "n_settings", "class_accuracy"])
     w.writeheader()
-    w.writerows(summary)
+    w.writerows(summarize(rows))
     atomic_write_text(out / "summary.csv", buf.getvalue())
-    n_total = len({r["setting"] for r in rows})
-    n_valid = len({r["setting"] for r in rows if r["valid"]})
-    strengths = sorted({s["cramers_v"] for s in summary if s["cramers_v"] != "all"})
-    md = [f"Valid settings: {n_valid} of {n_total} (validity rule: spurious-class accuracy gap >= 0.1 on eval val).",
-          "", "Mean Precision@10 of the top discovered feature (± 95 % CI half-width; n = valid settings); "
-          "'class' = fraction of settings whose implicated class is the planted one.", "",
-          "| method | " + " | ".join(f"V = {v:g}" for v in strengths) + " | all | class |",
-          "|---|" + "---|" * (len(strengths) + 2)]
-    for m in dict.fromkeys(s["method"] for s in summary):
-        cells = []
-        for v in strengths + ["all"]:
-            s = next((s for s in summary if s["method"] == m and s["cramers_v"] == v), None)
-            if s is None or s["n_settings"] == 0:
-                cells.append("–")
-            else:
-                ci = "" if s["ci95"] != s["ci95"] else f" ± {s['ci95']:.2f}"
-                cells.append(f"{s['p_at_10']:.2f}{ci} (n={s['n_settings']})")
-        s_all = next(s for s in summary if s["method"] == m and s["cramers_v"] == "all")
-        cls = "–" if m == "random" else f"{s_all['class_accuracy']:.2f}"
-        md.append(f"| {m} | " + " | ".join(cells) + f" | {cls} |")
-    atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
+    summary = summary_tables(rows, methods=methods, wall_seconds=wall_seconds, config=config)
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "summary.md", format_summary(summary))
     return summary
 
 
 def _plot(summary, out: Path) -> None:
+    """P@10 vs V in three panels: RaVL's ablations, baselines under adaptation A, under adaptation B."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    methods = list(dict.fromkeys(s["method"] for s in summary))
-    for i, m in enumerate(methods):
-        dodge = (i - (len(methods) - 1) / 2) * 0.0015  # keep overlapping error bars apart
-        pts = sorted((s["cramers_v"], s["p_at_10"], s["ci95"]) for s in summary
-                     if s["method"] == m and s["cramers_v"] != "all" and s["n_settings"] > 0)
-        if pts:
-            xs, ys, es = zip(*pts)
-            ax.errorbar([x + dodge for x in xs], ys, yerr=[0 if e != e else e for e in es], marker="o", capsize=3, label=m)
-    ax.set_xlabel("Cramér's V of the planted correlation")
-    ax.set_ylabel("Precision@10")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
+    table = {t["method"]: t for t in summary["methods"]}
+
+    def of(adaptation):
+        return [m for m, t in table.items() if t["adaptation"] == adaptation]
+
+    ref = [m for m in ("ravl", "random") if m in table]
+    groups = [(title, ms) for title, ms in [
+        ("RaVL and its ablations", of("RaVL") + of("-")),
+        ("baselines, adaptation A (image-then-region)", ref + of("A")),
+        ("baselines, adaptation B (region-as-sample)", ref + of("B")),
+        ("other methods", ref + of("?"))] if set(ms) - set(ref) or (title.startswith("RaVL") and ms)]
+    groups = groups or [("methods", list(table))]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), sharey=True, squeeze=False)
+    for ax, (title, ms) in zip(axes[0], groups):
+        for i, m in enumerate(ms):
+            dodge = (i - (len(ms) - 1) / 2) * 0.002  # keep overlapping error bars apart
+            pts = [(float(v), c["p_at_10"], c["ci95"]) for v, c in table[m]["by_strength"].items() if c["n"]]
+            if not pts:
+                continue
+            xs, ys, es = zip(*sorted(pts))
+            style = {"color": "black", "ls": "--"} if m == "ravl" and not title.startswith("RaVL") else {}
+            if m == "random":
+                style = {"color": "grey", "ls": ":"}
+            ax.errorbar([x + dodge for x in xs], ys, yerr=[0 if e is None else e for e in es], marker="o",
+                        capsize=3, label=m, **style)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("Cramér's V of the planted correlation")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=7, loc="lower left", frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0][0].set_ylabel("Precision@10")
+    fig.tight_layout()
     fig.savefig(out / "p_at_10_vs_strength.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
-def run(args) -> int:
-    from ravl.evaluation.benchmark import DISCOVERY_METHODS, BenchmarkConfig, grid, run_grid
+def _discover_plan(args):
+    """``(specs, config, methods)`` of ``ravl benchmark discover``: the --grid preset, explicit options override it."""
+    from ravl.evaluation.benchmark import DISCOVERY_METHODS, GRID_PRESETS, BenchmarkConfig, grid
 
+    _check_backend_arguments(args)
     unknown = [m for m in args.methods if m not in DISCOVERY_METHODS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(DISCOVERY_METHODS)}")
+    preset = GRID_PRESETS[args.grid]
+    specs = grid(args.features or preset.features, args.spurious_classes or preset.spurious_classes,
+                 args.strengths or preset.strengths, args.seeds or preset.seeds)
+    over = {k: v for k, v in {"n_train": args.n_train, "n_eval": args.n_eval, "epochs": args.epochs,
+                              "threads": args.threads}.items() if v is not None}
+    try:
+        cfg = BenchmarkConfig.from_dict({**preset.config.to_dict(), **over})
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return specs, cfg, list(dict.fromkeys(args.methods))
+
+
+def _run_discover(args) -> int:
+    from ravl.evaluation.benchmark import run_grid
+
+    specs, cfg, methods = _discover_plan(args)
     out = Path(args.out)
-    specs = grid(args.features, args.spurious_classes, args.strengths, args.seeds)
-    cfg = BenchmarkConfig(n_train=args.n_train, n_eval=args.n_eval, epochs=args.epochs)
-    print(f"{len(specs)} settings x {len(args.methods)} methods -> {out}")
-    rows = run_grid(specs, out, cfg, methods=args.methods, progress=not args.quiet)
-    summary = _write_tables(rows, out)
+    print(f"{len(specs)} settings x {len(methods)} methods -> {out} (grid {args.grid}, {args.backend} backend, "
+          f"{cfg.n_train} images x {cfg.epochs} epochs, {cfg.threads} thread(s) per setting)")
+    t0 = time.monotonic()
+    rows = run_grid(specs, out, cfg, methods=methods, progress=not args.quiet, backend=args.backend,
+                    num_workers=args.workers, ray_address=args.ray_address)
+    summary = _write_tables(rows, out, methods=methods, config=cfg, wall_seconds=round(time.monotonic() - t0, 1))
     _plot(summary, out)
     print((out / "summary.md").read_text())
-    print(f"wrote {out / 'results.jsonl'}, summary.md, summary.csv, p_at_10_vs_strength.png")
+    print(f"wrote {out / 'results.jsonl'}, timings.jsonl, summary.md, summary.json, summary.csv, "
+          "p_at_10_vs_strength.png")
     return 0
