@@ -90,7 +90,10 @@ def _write_tables(rows, out: Path, *, methods, config, wall_seconds=None) -> dic
 
 
 def _plot(summary, out: Path) -> None:
-    """P@10 vs V in three panels: RaVL's ablations, baselines under adaptation A, under adaptation B."""
+    """P@10 vs V in three panels: RaVL's ablations, baselines under adaptation A, under adaptation B.
+
+    Error bars: 95 % CI half-widths, clipped to [0, 1].
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -108,23 +111,27 @@ def _plot(summary, out: Path) -> None:
         ("baselines, adaptation B (region-as-sample)", ref + of("B")),
         ("other methods", ref + of("?"))] if set(ms) - set(ref) or (title.startswith("RaVL") and ms)]
     groups = groups or [("methods", list(table))]
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), sharey=True, squeeze=False)
+    xs_all = sorted({float(v) for t in table.values() for v in t["by_strength"]})
+    step = (xs_all[-1] - xs_all[0]) / 120 if len(xs_all) > 1 else 0.002
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.9), sharey=True, squeeze=False)
     for ax, (title, ms) in zip(axes[0], groups):
         for i, m in enumerate(ms):
-            dodge = (i - (len(ms) - 1) / 2) * 0.002  # keep overlapping error bars apart
+            dodge = (i - (len(ms) - 1) / 2) * step  # keep overlapping points and error bars apart
             pts = [(float(v), c["p_at_10"], c["ci95"]) for v, c in table[m]["by_strength"].items() if c["n"]]
             if not pts:
                 continue
             xs, ys, es = zip(*sorted(pts))
+            es = [0.0 if e is None else e for e in es]
+            yerr = [[min(e, y) for y, e in zip(ys, es)], [min(e, 1 - y) for y, e in zip(ys, es)]]  # CI clipped to [0, 1]
             style = {"color": "black", "ls": "--"} if m == "ravl" and not title.startswith("RaVL") else {}
             if m == "random":
                 style = {"color": "grey", "ls": ":"}
-            ax.errorbar([x + dodge for x in xs], ys, yerr=[0 if e is None else e for e in es], marker="o",
-                        capsize=3, label=m, **style)
+            ax.errorbar([x + dodge for x in xs], ys, yerr=yerr, marker="o", capsize=3, label=m, **style)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("Cramér's V of the planted correlation")
-        ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=7, loc="lower left", frameon=False)
+        ax.set_xticks(xs_all)
+        ax.set_ylim(-0.02, 1.05)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
     axes[0][0].set_ylabel("Precision@10")
     fig.tight_layout()
