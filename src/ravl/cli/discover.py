@@ -73,7 +73,8 @@ def run(args) -> int:
     inputs = discovery_inputs(model, ds, split=split, templates=templates_from_args(args),
                               region_mode=args.region_mode, progress=not args.quiet)
     meta = {"model": model.name, "checkpoint": args.checkpoint, "data": str(Path(args.data).resolve()),
-            "split": split, "region_mode": inputs.region_mode, "method": args.method}
+            "split": split, "region_mode": inputs.region_mode, "method": args.method,
+            "templates": list(inputs.templates)}
     if args.method == "ravl":
         result = discover_on_inputs(inputs, scoring=args.scoring, min_influence=args.influence_threshold,
                                     k_min=args.k_min, k_max=args.k_max, random_state=args.seed,

@@ -37,6 +37,9 @@ class DiscoveryInputs:
         region_index: ``[R]`` index of the box within its image.
         region_attributes: ``[R]`` ground-truth attributes (scoring only) or ``None``.
         region_mode: How region embeddings were computed.
+        templates: The prompt templates of the zero-shot classifier that scored images and
+            regions (resolved: never ``None`` when built by :func:`discovery_inputs`). Recorded
+            in ``discovery.json`` so mitigation trains the classifier discovery judged.
     """
 
     classes: tuple[str, ...]
@@ -52,6 +55,7 @@ class DiscoveryInputs:
     region_index: np.ndarray
     region_attributes: tuple[str, ...] | None
     region_mode: str
+    templates: tuple[str, ...] | None = None
 
     def save(self, path) -> None:
         """Save the arrays to a ``.npz`` file (cache for benchmarks)."""
@@ -67,7 +71,8 @@ class DiscoveryInputs:
                     region_file_names=np.array(self.region_file_names), region_boxes=self.region_boxes,
                     region_index=self.region_index,
                     region_attributes=np.array(self.region_attributes if self.region_attributes is not None else []),
-                    has_attributes=np.array(self.region_attributes is not None), region_mode=np.array(self.region_mode))
+                    has_attributes=np.array(self.region_attributes is not None), region_mode=np.array(self.region_mode),
+                    templates=np.array(list(self.templates or ())), has_templates=np.array(self.templates is not None))
 
         atomic_write(path, w)
 
@@ -76,12 +81,16 @@ class DiscoveryInputs:
         """Inverse of :meth:`save`."""
         z = np.load(path, allow_pickle=False)
         attrs = tuple(str(a) for a in z["region_attributes"]) if bool(z["has_attributes"]) else None
+        templates = None
+        if "has_templates" in z.files and bool(z["has_templates"]):  # caches written before 0.1 lack them
+            templates = tuple(str(t) for t in z["templates"])
         return cls(classes=tuple(str(c) for c in z["classes"]), region_embeddings=z["region_embeddings"],
                    region_image_index=z["region_image_index"], region_probabilities=z["region_probabilities"],
                    image_embeddings=z["image_embeddings"], image_labels=z["image_labels"],
                    image_predictions=z["image_predictions"], image_probabilities=z["image_probabilities"],
                    region_file_names=tuple(str(f) for f in z["region_file_names"]), region_boxes=z["region_boxes"],
-                   region_index=z["region_index"], region_attributes=attrs, region_mode=str(z["region_mode"]))
+                   region_index=z["region_index"], region_attributes=attrs, region_mode=str(z["region_mode"]),
+                   templates=templates)
 
 
 def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequence[str] | None = None,
@@ -100,7 +109,7 @@ def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequ
         progress: Show progress bars.
     """
     from ravl.models.regions import DEFAULT_REGION_MODE, embed_images, embed_regions
-    from ravl.zeroshot import zero_shot_classify
+    from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
 
     ds = dataset.subset(split) if split else dataset
     if len(ds) == 0:
@@ -116,6 +125,7 @@ def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequ
         raise DatasetError(f"metadata.jsonl line {r.line} ({r.file_name}) has no 'label'; discovery needs a class "
                            "name on every row of the split it examines.")
     mode = region_mode or DEFAULT_REGION_MODE
+    templates = tuple(DEFAULT_TEMPLATES if templates is None else templates)
     img_emb = embed_images(model, ds, batch_size=batch_size, progress=progress)
     reg_emb = embed_regions(model, ds, mode=mode, batch_size=batch_size, progress=progress)
     img = zero_shot_classify(model, img_emb, classes, templates=templates)
@@ -127,7 +137,8 @@ def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequ
         image_predictions=img.predictions, image_probabilities=img.probabilities,
         region_file_names=tuple(ds.records[i].file_name for i in table.image_index),
         region_boxes=np.asarray(table.boxes, dtype=float), region_index=table.region_index,
-        region_attributes=tuple(table.attributes) if table.attributes is not None else None, region_mode=mode)
+        region_attributes=tuple(table.attributes) if table.attributes is not None else None, region_mode=mode,
+        templates=templates)
 
 
 def discover_from_model(model, dataset, *, split: str | None = "val", classes: Sequence[str] | None = None,
@@ -144,11 +155,18 @@ def discover_from_model(model, dataset, *, split: str | None = "val", classes: S
 
 
 def discover_on_inputs(inputs: DiscoveryInputs, **discover_kwargs: Any):
-    """:func:`ravl.discover` on precomputed :class:`DiscoveryInputs`."""
+    """:func:`ravl.discover` on precomputed :class:`DiscoveryInputs`.
+
+    The result's ``meta`` records the inputs' ``region_mode`` and ``templates`` unless the
+    caller's ``meta`` sets them (mitigation reads both from ``discovery.json``).
+    """
     from ravl.discovery import discover
 
+    meta = {"region_mode": inputs.region_mode, **dict(discover_kwargs.pop("meta", None) or {})}
+    if inputs.templates is not None:
+        meta.setdefault("templates", list(inputs.templates))
     return discover(inputs.region_embeddings, inputs.region_image_index, inputs.image_labels,
                     inputs.image_predictions, inputs.region_probabilities, classes=inputs.classes,
                     image_probabilities=inputs.image_probabilities,
                     region_file_names=list(inputs.region_file_names), region_boxes=inputs.region_boxes,
-                    **discover_kwargs)
+                    meta=meta, **discover_kwargs)
