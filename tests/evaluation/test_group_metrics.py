@@ -59,3 +59,21 @@ def test_validity_rule_needs_both_groups():
         check_setting_validity(res, "nine")
     with pytest.raises(ValueError, match="min_gap"):
         check_setting_validity(_result(1, 0), "nine", min_gap=2)
+
+
+def test_summary_metrics_are_the_four_table_3_metrics():
+    from ravl.evaluation.metrics import SUMMARY_METRICS
+
+    img = _result(1.0, 0.4).image                     # nine: 1.0 with, 0.4 without; one: all right
+    labels = np.array([0] * 10 + [1] * 10)
+    core = group_accuracies(np.where(np.arange(20) == 0, 1, labels), labels, ["nine", "one"],
+                            np.array([True] * 5 + [False] * 5 + [True] * 5 + [False] * 5))
+    res = EvaluationResult("test", ("nine", "one"), "red_square", img, core, 20, ("{}",))
+    m = res.summary_metrics()
+    assert tuple(m) == SUMMARY_METRICS
+    assert m["Image Overall"] == pytest.approx(17 / 20) and m["Image Worst-Group"] == pytest.approx(0.4)
+    assert m["Region Overall"] == pytest.approx(19 / 20) and m["Region Worst-Group"] == pytest.approx(0.8)
+    bare = EvaluationResult("test", ("nine", "one"), None, group_accuracies(labels, labels, ["nine", "one"], None),
+                            None, 20, ("{}",))
+    assert bare.summary_metrics() == {"Image Overall": 1.0, "Image Worst-Group": None, "Region Overall": None,
+                                      "Region Worst-Group": None}

@@ -85,7 +85,10 @@ def run(args) -> int:
                    regions=not args.no_regions, progress=not args.quiet)
     spurious_class = args.spurious_class or setting_spurious_class(args.data)
     print_evaluation(res, spurious_class)
-    out = {"evaluation": res.to_dict(), "model": model.name, "checkpoint": args.checkpoint, "data": args.data}
+    metrics = res.summary_metrics()
+    if res.spurious_feature:
+        print("  ".join(f"{k}: {fmt(v)}" for k, v in metrics.items()))
+    out = {"metrics": metrics, "evaluation": res.to_dict(), "model": model.name, "checkpoint": args.checkpoint, "data": args.data}
     if spurious_class and res.spurious_feature:
         try:
             v = check_setting_validity(res, spurious_class, min_gap=args.min_gap)

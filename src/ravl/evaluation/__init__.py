@@ -3,6 +3,7 @@
 from ravl.evaluation.metrics import (
     AccuracyReport,
     EvaluationResult,
+    SUMMARY_METRICS,
     GroupAccuracy,
     SettingValidity,
     check_setting_validity,
@@ -10,5 +11,5 @@ from ravl.evaluation.metrics import (
     group_accuracies,
 )
 
-__all__ = ["AccuracyReport", "EvaluationResult", "GroupAccuracy", "SettingValidity", "check_setting_validity",
+__all__ = ["AccuracyReport", "EvaluationResult", "GroupAccuracy", "SUMMARY_METRICS", "SettingValidity", "check_setting_validity",
            "evaluate", "group_accuracies"]

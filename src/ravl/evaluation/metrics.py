@@ -23,6 +23,7 @@ __all__ = [
     "GroupAccuracy",
     "AccuracyReport",
     "EvaluationResult",
+    "SUMMARY_METRICS",
     "SettingValidity",
     "group_accuracies",
     "accuracy_report",
@@ -147,6 +148,29 @@ class EvaluationResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return asdict(self)
+
+    def summary_metrics(self) -> dict[str, float | None]:
+        """The four metrics of method.md §4 (the RaVL paper's Table 3), keyed by their names.
+
+        ``Image Overall`` and ``Image Worst-Group`` score whole images; ``Region Overall`` and
+        ``Region Worst-Group`` score the core region only. Worst-group is the lowest accuracy
+        over the class x feature-present/absent groups. ``None`` where a metric is undefined
+        (no spurious feature, or no core regions).
+
+        Example:
+            >>> res.summary_metrics()  # doctest: +SKIP
+            {'Image Overall': 0.943, 'Image Worst-Group': 0.82, 'Region Overall': 0.964, 'Region Worst-Group': 0.88}
+        """
+        def wg(rep: AccuracyReport | None) -> float | None:
+            return None if rep is None or rep.worst_group is None else rep.worst_group.accuracy
+
+        return {"Image Overall": self.image.overall, "Image Worst-Group": wg(self.image),
+                "Region Overall": self.core_region.overall if self.core_region is not None else None,
+                "Region Worst-Group": wg(self.core_region)}
+
+
+#: Names of :meth:`EvaluationResult.summary_metrics`, in table order.
+SUMMARY_METRICS = ("Image Overall", "Image Worst-Group", "Region Overall", "Region Worst-Group")
 
 
 def accuracy_report(zs, labels: np.ndarray, classes: Sequence[str],
