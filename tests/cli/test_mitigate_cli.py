@@ -86,3 +86,80 @@ def test_mitigate_baseline_without_eval_and_errors(tiny, tmp_path, capsys):
     # a feature rank discovery does not have is a clear error
     assert main(_args(s, ckpt, disc, tmp_path / "x", "--features", "3")) == 1
     assert "rank 3" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def longer(hand_discovery, tmp_path_factory):
+    """380 training images and an audited checkpoint whose recipe saves the resume state every step."""
+    from ravl.data.dataset import load_dataset
+    from ravl.data.synthetic import make_spurious_benchmark
+    from ravl.models import load_model
+    from ravl.training.loop import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("cli_mitigate_kill")
+    s = make_spurious_benchmark(root / "setting", n_train=400, n_eval=80, random_state=1, progress=False)
+    ckpt = root / "audited"
+    finetune(load_model("tiny", seed=0), load_dataset(s.train_dir), ckpt,
+             FinetuneConfig(epochs=1, batch_size=16, val_split=None, checkpoint_interval_s=1e-9), progress=False,
+             init={"model": "tiny", "seed": 0, "checkpoint": None})
+    disc = root / "discovery.json"
+    hand_discovery(s.eval_dir).to_json(disc)
+    return s, ckpt, disc
+
+
+def test_killed_mitigate_resumes_to_the_same_metrics(longer, tmp_path, capsys):
+    """SIGKILL mid-epoch (no clean-up at all), rerun: same weights and metrics as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from ravl.models import load_model
+
+    s, ckpt, disc = longer
+    args = lambda out: _args(s, ckpt, disc, out, "--epochs", "2", "--eval-data", str(s.eval_dir))  # noqa: E731
+    assert main(args(tmp_path / "ref")) == 0
+    capsys.readouterr()
+
+    out = tmp_path / "run"
+    code = "import sys, torch; torch.set_num_threads(2); from ravl.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "RAVL_PROGRESS": "0", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state_file = out / "training_state.pt"
+    seen = None
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state_file.exists():
+                try:
+                    st = torch.load(state_file, map_location="cpu", weights_only=False)
+                except Exception:  # noqa: BLE001 - caught between os.replace calls; try again
+                    st = None
+                if st is not None and st["epoch"] == 0 and st["step_in_epoch"] >= 2:
+                    proc.send_signal(signal.SIGKILL)
+                    seen = (st["epoch"], st["step_in_epoch"])
+                    break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None and seen is None:
+            proc.kill()
+        proc.wait()
+    assert seen is not None, "the run finished (or failed) before it could be killed mid-epoch"
+    assert proc.returncode == -signal.SIGKILL
+    killed = torch.load(state_file, map_location="cpu", weights_only=False)
+    assert killed["epoch"] == 0 and not (out / "evaluation.json").exists()  # killed inside the first epoch
+
+    assert main(args(out)) == 0
+    text = capsys.readouterr().out
+    assert f"resumed from epoch 1, step {killed['step_in_epoch']}" in text
+    ref = json.loads((tmp_path / "ref" / "evaluation.json").read_text())
+    got = json.loads((out / "evaluation.json").read_text())
+    assert got["after"]["metrics"] == ref["after"]["metrics"]
+    assert got["after"]["result"]["image"] == ref["after"]["result"]["image"]
+    a, b = load_model("tiny", checkpoint=out).module.state_dict(), load_model("tiny", checkpoint=tmp_path / "ref")
+    for k, v in b.module.state_dict().items():
+        torch.testing.assert_close(a[k], v, rtol=0, atol=0)

@@ -142,3 +142,48 @@ def test_bad_arguments(env, labelling, tmp_path):
         MitigationOptions(lam=-1)
     opts = MitigationOptions(features=[1], spurious_names=["red square"])
     assert MitigationOptions.from_dict(json.loads(json.dumps(opts.to_dict()))) == opts
+
+
+def test_resuming_another_set_up_is_refused(env, labelling, tmp_path):
+    from ravl.training.loop import FinetuneConfig
+
+    cfg = FinetuneConfig(epochs=2, batch_size=16, val_split=None, checkpoint_interval_s=1e-9)
+    mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, method="ravl", config=cfg,
+             labelling=labelling, options=MitigationOptions(lam=0.5), progress=False)
+    # same folder, same recipe, another λ: not silently continued (nor returned as finished)
+    with pytest.raises(CheckpointError, match="differs in: options"):
+        mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, method="ravl", config=cfg,
+                 labelling=labelling, options=MitigationOptions(lam=1.0), progress=False)
+    # another labelling (here: no spurious region at all) is refused too
+    from dataclasses import replace
+
+    from ravl.mitigation.objectives import RegionLabels
+
+    rl = labelling.region_labels
+    other = replace(labelling, region_labels=RegionLabels(rl.image_index, rl.boxes_norm, np.zeros(len(rl), bool)))
+    assert other.fingerprint() != labelling.fingerprint()
+    with pytest.raises(CheckpointError, match="labelling"):
+        mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, method="ravl", config=cfg,
+                 labelling=other, options=MitigationOptions(lam=0.5), progress=False)
+    again = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, method="ravl", config=cfg,
+                     labelling=labelling, options=MitigationOptions(lam=0.5), progress=False)
+    assert again.resumed_from == (2, 0)  # the finished run, returned as is
+
+
+def test_class_text_templates_come_from_discovery(env, labelling, tmp_path):
+    from ravl.discovery import DiscoveryResult
+    from ravl.mitigation.api import resolve_templates
+    from ravl.zeroshot import DEFAULT_TEMPLATES
+
+    disc = DiscoveryResult.from_json(env["discovery"])
+    assert resolve_templates(MitigationOptions(), disc) == tuple(DEFAULT_TEMPLATES)  # none recorded
+    recorded = DiscoveryResult.from_dict({**disc.to_dict(), "meta": {**disc.meta, "templates": ["the digit {}"]}})
+    assert resolve_templates(MitigationOptions(), recorded) == ("the digit {}",)
+    assert resolve_templates(MitigationOptions(templates=("a {}",)), recorded) == ("a {}",)
+    path = tmp_path / "discovery.json"
+    recorded.to_json(path)
+    res = mitigate(env["ckpt"], env["train"], path, out_dir=tmp_path / "erm", method="vl-erm", config=CFG,
+                   labelling=labelling, progress=False)
+    assert res.options["templates"] == ["the digit {}"]
+    assert json.loads((tmp_path / "erm" / "config.json").read_text())["mitigation"]["options"]["templates"] == \
+        ["the digit {}"]

@@ -115,8 +115,20 @@ def test_feature_selection_and_errors(hand_discovery, setting):
     disc = hand_discovery(setting.eval_dir)
     assert [f.rank for f in select_features(disc)] == [1]
     assert [f.rank for f in select_features(disc, "all")] == [1]
+    assert [f.rank for f in select_features(disc, "class")] == [1] == [f.rank for f in select_features(disc, "top")]
     with pytest.raises(ValueError, match="rank 2"):
         select_features(disc, [2])
+    with pytest.raises(ValueError, match="'features' parameter"):
+        select_features(disc, "some")
+    # "class": every feature tied to the top feature's class, e.g. one square cluster per position
+    d = disc.to_dict()
+    f1 = d["features"][0]
+    d["features"] = [f1, {**f1, "rank": 2, "cluster": f1["cluster"] + 1}, {**f1, "rank": 3, "class": "three"},
+                     {**f1, "rank": 4, "cluster": f1["cluster"] + 2}]
+    many = DiscoveryResult.from_dict(d)
+    assert [f.rank for f in select_features(many)] == [1, 2, 4]
+    assert [f.rank for f in select_features(many, "top")] == [1] == [f.rank for f in select_features(many, None)]
+    assert [f.rank for f in select_features(many, "all")] == [1, 2, 3, 4]
     d = disc.to_dict()
     d["features"] = []
     with pytest.raises(ValueError, match="nothing to mitigate"):

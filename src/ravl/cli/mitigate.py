@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ravl.cli._common import add_model_arguments, fmt, print_table, resolve_device
+from ravl.cli._common import add_model_arguments, fmt, print_table, resolve_device, templates_from_args
 from ravl.exceptions import RavlError
 
 COMMAND = "mitigate"
@@ -33,13 +33,18 @@ def add_arguments(parser) -> None:
                              "'eval' folder when --data is a synthetic setting's 'train' folder")
     parser.add_argument("--discovery-data", default=None,
                         help="the folder discovery ran on, if it moved (default: recorded in discovery.json)")
-    parser.add_argument("--features", default="top",
-                        help="discovered features treated as spurious: 'top', 'all' or comma-separated ranks")
+    parser.add_argument("--features", default="class",
+                        help="discovered features treated as spurious: 'class' (every feature tied to the top "
+                             "feature's class), 'top', 'all' or comma-separated ranks")
     parser.add_argument("--region-mode", default=None, choices=["masked", "roi", "crop"],
                         help="region embedding mode (default: the discovery's)")
     parser.add_argument("--lam", type=float, default=1.0, help="weight λ of RaVL's region-aware terms")
     parser.add_argument("--tau", type=float, default=0.07, help="temperature of RaVL's region-aware terms")
     parser.add_argument("--eta", type=float, default=0.01, help="Group DRO step size (vl-gdro)")
+    parser.add_argument("--templates", default=None,
+                        help="text file with one prompt template per line containing '{}' for the class text of the "
+                             "losses and the before/after evaluation (default: the templates discovery scored with, "
+                             "recorded in discovery.json)")
     parser.add_argument("--spurious-name", action="append", default=[],
                         help="name of the spurious attribute for spurious-aware's L_ls (repeatable)")
     g = parser.add_argument_group("fine-tuning (default: the audited checkpoint's recorded values)")
@@ -54,14 +59,13 @@ def add_arguments(parser) -> None:
 
 def _features(text: str):
     t = str(text).strip().lower()
-    if t in ("top", ""):
-        return None
-    if t == "all":
-        return "all"
+    if t in ("class", "top", "all"):
+        return t
     try:
         return tuple(int(p) for p in t.split(","))
     except ValueError:
-        raise SystemExit(f"error: --features must be 'top', 'all' or comma-separated ranks like '1,2'; got {text!r}")
+        raise SystemExit(f"error: --features must be 'class', 'top', 'all' or comma-separated ranks like '1,2'; "
+                         f"got {text!r}")
 
 
 def default_eval_data(data: str | Path) -> Path | None:
@@ -72,25 +76,45 @@ def default_eval_data(data: str | Path) -> Path | None:
     return None
 
 
-def _metrics(ev) -> dict[str, float | None]:
-    def wg(rep):
-        return None if rep is None or rep.worst_group is None else rep.worst_group.accuracy
+def before_after(before_ckpt, after_ckpt, eval_dir, *, templates, method: str, model_name: str | None = None,
+                 device: str | None = None, spurious_feature: str | None = None, split: str = "test",
+                 progress: bool = True) -> dict:
+    """Evaluate two checkpoints on ``eval_dir``, print the four metrics side by side and write
+    ``AFTER/evaluation.json`` (read by the report); returns that dict."""
+    from ravl.data.dataset import load_dataset
+    from ravl.evaluation.metrics import evaluate
+    from ravl.models import load_model
+    from ravl.utils.io import atomic_write_json
 
-    return {"Image Overall": ev.image.overall, "Image Worst-Group": wg(ev.image),
-            "Region Overall": ev.core_region.overall if ev.core_region else None,
-            "Region Worst-Group": wg(ev.core_region)}
+    ds = load_dataset(eval_dir)
+    res = {}
+    for which, ckpt in (("before", before_ckpt), ("after", after_ckpt)):
+        ev = evaluate(load_model(model_name, checkpoint=ckpt, device=device), ds, split=split, templates=templates,
+                      spurious_feature=spurious_feature, progress=progress)
+        res[which] = {"checkpoint": str(ckpt), "metrics": ev.summary_metrics(), "result": ev.to_dict()}
+    mb, ma = res["before"]["metrics"], res["after"]["metrics"]
+    print(f"\nzero-shot accuracy on the {split} split of {eval_dir} (before = {before_ckpt}, after = {after_ckpt})")
+    print_table([[k, fmt(mb[k]), fmt(ma[k]), "  -  " if mb[k] is None or ma[k] is None else f"{ma[k] - mb[k]:+.3f}"]
+                 for k in mb], ["metric", "before", "after", "change"])
+    for which in ("before", "after"):
+        wg = res[which]["result"]["image"]["worst_group"]
+        if wg:
+            state = "with" if wg["feature_present"] else "without"
+            feat = res[which]["result"]["spurious_feature"]
+            print(f"worst image group {which}: {wg['label']} {state} {feat} ({fmt(wg['accuracy'])}, n={wg['n']})")
+    out = {"eval_data": str(Path(eval_dir).resolve()), "split": split, "method": method,
+           "templates": list(templates) if templates else None, **res}
+    atomic_write_json(Path(after_ckpt) / "evaluation.json", out)
+    return out
 
 
 def run(args) -> int:
     from dataclasses import replace
 
     from ravl.data.dataset import load_dataset
-    from ravl.evaluation.metrics import evaluate
     from ravl.mitigation.api import MitigationOptions, mitigate
-    from ravl.models import load_model
     from ravl.models.checkpoint import read_checkpoint_config
     from ravl.training.loop import FinetuneConfig
-    from ravl.utils.io import atomic_write_json
 
     if not args.checkpoint:
         raise SystemExit("error: --checkpoint is required: the audited checkpoint folder that discovery examined")
@@ -106,7 +130,8 @@ def run(args) -> int:
     cfg = replace(cfg, **over)
     init = {"model": name, "checkpoint": None, "seed": args.init_seed} if args.init_seed is not None else None
     opts = MitigationOptions(features=_features(args.features), region_mode=args.region_mode, lam=args.lam,
-                             tau=args.tau, eta=args.eta, spurious_names=tuple(args.spurious_name))
+                             tau=args.tau, eta=args.eta, spurious_names=tuple(args.spurious_name),
+                             templates=templates_from_args(args))
     train = load_dataset(args.data)
     try:
         res = mitigate(args.checkpoint, train, args.discovery, out_dir=args.out, method=args.method,
@@ -134,16 +159,7 @@ def run(args) -> int:
 
     eval_dir = Path(args.eval_data) if args.eval_data else default_eval_data(args.data)
     if eval_dir is not None:
-        ds = load_dataset(eval_dir)
-        before = evaluate(load_model(name, checkpoint=args.checkpoint, device=device), ds, split="test",
-                          progress=progress)
-        after = evaluate(load_model(name, checkpoint=args.out, device=device), ds, split="test", progress=progress)
-        mb, ma = _metrics(before), _metrics(after)
-        print(f"\nzero-shot accuracy on the test split of {eval_dir} (before = {args.checkpoint}, after = {args.out})")
-        print_table([[k, fmt(mb[k]), fmt(ma[k])] for k in mb], ["metric", "before", "after"])
-        atomic_write_json(Path(args.out) / "evaluation.json",
-                          {"eval_data": str(eval_dir.resolve()), "split": "test", "method": args.method,
-                           "before": {"checkpoint": str(args.checkpoint), "metrics": mb, "result": before.to_dict()},
-                           "after": {"checkpoint": str(args.out), "metrics": ma, "result": after.to_dict()}})
+        before_after(args.checkpoint, args.out, eval_dir, templates=res.options["templates"], method=args.method,
+                     model_name=name, device=device, progress=progress)
     print(f"checkpoint: {res.checkpoint_dir}")
     return 0

@@ -49,7 +49,8 @@ from ravl.exceptions import CheckpointError
 from ravl.utils.io import atomic_write_json
 from ravl.utils.validation import check_choice, check_float, check_int
 
-__all__ = ["METHODS", "STARTS", "MitigationOptions", "MitigationResult", "mitigate", "load_init_model"]
+__all__ = ["METHODS", "STARTS", "MitigationOptions", "MitigationResult", "mitigate", "load_init_model",
+           "resolve_templates"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,9 @@ class MitigationOptions:
     """Method-specific knobs of :func:`mitigate` (each method reads the ones it uses).
 
     Attributes:
-        features: Discovered features treated as spurious: ``None`` (the top-ranked one),
-            ``"all"`` or a tuple of ranks.
+        features: Discovered features treated as spurious: ``"class"`` (default: every
+            discovered feature tied to the top-ranked feature's class), ``"top"`` (the
+            top-ranked one; ``None`` too), ``"all"`` or a tuple of ranks.
         region_mode: Region embedding mode for labelling and the RaVL loss (``None``: the
             discovery's, else ``"masked"``).
         lam: λ of the RaVL loss.
@@ -76,12 +78,13 @@ class MitigationOptions:
         eta: Group DRO step size (VL-GDRO).
         spurious_names: Names of the spurious attribute for Spurious-Aware's L_ls (e.g.
             ``("red square",)``); empty: L_ls is off (discovery gives no name).
-        templates: Prompt templates of the class text (``None``: zero-shot defaults).
+        templates: Prompt templates of the class text (``None``: the templates discovery scored
+            with, recorded in ``discovery.json``'s ``meta``, else the zero-shot defaults).
         cfr_positives: Positives per CFR calibration anchor.
         cfr_negatives: Negatives per CFR calibration anchor.
     """
 
-    features: Any = None
+    features: Any = "class"
     region_mode: str | None = None
     lam: float = 1.0
     tau: float = 0.07
@@ -96,8 +99,9 @@ class MitigationOptions:
         f = self.features
         if isinstance(f, list):
             object.__setattr__(self, "features", tuple(f))
-        elif f is not None and not (f == "all" or isinstance(f, tuple)):
-            raise ValueError(f"The 'features' parameter of {c} must be None, 'all' or a tuple of ranks. Got {f!r}.")
+        elif f is not None and not (f in ("class", "top", "all") or isinstance(f, tuple)):
+            raise ValueError(f"The 'features' parameter of {c} must be 'class', 'top', 'all', None or a tuple of "
+                             f"ranks. Got {f!r} instead.")
         if self.region_mode is not None:
             from ravl.mitigation.objectives import REGION_MODES
 
@@ -190,6 +194,17 @@ def load_init_model(init: dict[str, Any], *, device: str | None = None):
                               f"'seed': 0}}. Got {init!r}.")
     kwargs = {k: v for k, v in init.items() if k not in ("model", "checkpoint")}
     return load_model(init["model"], checkpoint=init.get("checkpoint"), device=device, **kwargs)
+
+
+def resolve_templates(options: MitigationOptions, discovery) -> tuple[str, ...]:
+    """The prompt templates of the class text: ``options.templates``, else the ones discovery
+    scored with (``discovery.meta["templates"]``), else :data:`ravl.zeroshot.DEFAULT_TEMPLATES`."""
+    from ravl.zeroshot import DEFAULT_TEMPLATES
+
+    if options.templates:
+        return tuple(options.templates)
+    recorded = (getattr(discovery, "meta", None) or {}).get("templates")
+    return tuple(recorded) if recorded else tuple(DEFAULT_TEMPLATES)
 
 
 def _order_seed(seed: int, epoch: int, salt: int) -> np.random.Generator:
@@ -343,7 +358,9 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
     if method not in ("standard",) and (labels < 0).any():
         raise ValueError(f"Method {method!r} needs a class label on every training image.")
     classes = list(train.classes)
-    kw_t = {"templates": list(opts.templates)} if opts.templates else {}
+    # The class text is the zero-shot classifier discovery judged: its templates unless given.
+    templates = resolve_templates(opts, discovery)
+    kw_t = {"templates": list(templates)}
     seed = config.seed
     epoch_order = None
     extra_info: dict[str, Any] = {}
@@ -378,21 +395,26 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
     else:  # cfr
         if audited is None:
             audited = load_model(name, checkpoint=audited_dir, device=device)
-        objective, n_cal = _cfr_objective(audited, train, labels, config, opts, opts.templates, progress)
+        objective, n_cal = _cfr_objective(audited, train, labels, config, opts, templates, progress)
         extra_info["cfr_calibration_samples"] = n_cal
     del audited
 
     model = load_init_model(init_record, device=device) if start == "init" else \
         load_model(name, checkpoint=audited_dir, device=device)
     out = Path(out_dir)
+    # Everything besides the recipe that determines the run: resuming another set-up is refused.
+    run_info = {"method": method, "start": start, "init": init_record,
+                "options": {**opts.to_dict(), "templates": list(templates)},
+                "labelling": labelling.fingerprint() if labelling is not None else None}
     res = finetune(model, train_dataset, out, config, objective=objective, resume=resume, progress=progress,
-                   init=init_record, epoch_order=epoch_order)
+                   init=init_record, epoch_order=epoch_order, run_info=run_info)
 
     summary = labelling.summary() if labelling is not None else None
     result = MitigationResult(method=method, start=start, checkpoint_dir=str(out),
                               audited_checkpoint=str(audited_dir.resolve()), discovery=discovery_path,
                               init=init_record, objective=getattr(objective, "name", method),
-                              options={**opts.to_dict(), **extra_info}, labelling=summary, finetune=res.to_dict())
+                              options={**opts.to_dict(), "templates": list(templates), **extra_info},
+                              labelling=summary, finetune=res.to_dict())
     # Record what ran in the checkpoint's config.json (written by finetune; one atomic rewrite).
     cfg_path = out / "config.json"
     ck = read_checkpoint_config(out)

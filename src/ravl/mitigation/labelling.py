@@ -35,7 +35,7 @@ from ravl.exceptions import DatasetError
 from ravl.mitigation.objectives import REGION_MODES, RegionLabels, class_feature_groups
 from ravl.utils.validation import check_choice, check_int
 
-__all__ = ["RegionLabelling", "label_regions", "select_features", "compute_medoid_embeddings", "assign_to_medoids"]
+__all__ = ["FEATURE_CHOICES", "RegionLabelling", "label_regions", "select_features", "compute_medoid_embeddings", "assign_to_medoids"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,19 @@ class RegionLabelling:
         return [{"group": g, "class": self.classes[g // 2], "feature_present": bool(g % 2), "n": int(counts[g])}
                 for g in range(self.n_groups)]
 
+    def fingerprint(self) -> str:
+        """SHA-256 of what training reads (region positions, boxes, spurious flags, groups):
+        two labellings with the same fingerprint train the same run."""
+        import hashlib
+
+        h = hashlib.sha256()
+        rl = self.region_labels
+        for arr in (rl.image_index, rl.boxes_norm, rl.is_spurious, self.labels, self.groups):
+            a = np.ascontiguousarray(arr)
+            h.update(str(a.dtype).encode() + str(a.shape).encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
     def summary(self) -> dict[str, Any]:
         """Small JSON-ready summary (recorded in mitigated checkpoints' ``config.json``)."""
         return {"split": self.split, "region_mode": self.region_mode,
@@ -164,13 +177,20 @@ class RegionLabelling:
 # Pieces
 # ---------------------------------------------------------------------------------------------
 
-def select_features(discovery, features: Any = None) -> list:
+#: Named feature selections of :func:`select_features` (besides explicit ranks).
+FEATURE_CHOICES = ("class", "top", "all")
+
+
+def select_features(discovery, features: Any = "class") -> list:
     """The discovered features to treat as spurious.
 
     Args:
         discovery: A :class:`~ravl.discovery.DiscoveryResult`.
-        features: ``None`` (the top-ranked feature), ``"all"`` (every kept feature) or a
-            sequence of feature ranks (1 = top).
+        features: ``"class"`` (every kept feature tied to the same class as the top-ranked
+            one), ``"top"`` or ``None`` (the top-ranked feature only), ``"all"`` (every kept
+            feature) or a sequence of feature ranks (1 = top). ``"class"`` is the default of
+            mitigation: masked-region discovery often splits one visual feature into several
+            clusters (e.g. a square at each position), each tied to the same class.
 
     Returns:
         The chosen :class:`~ravl.discovery.DiscoveredFeature` objects.
@@ -186,7 +206,12 @@ def select_features(discovery, features: Any = None) -> list:
     if features is None:
         return feats[:1]
     if isinstance(features, str):
-        check_choice(features, "features", caller, ("all",))
+        check_choice(features, "features", caller, FEATURE_CHOICES)
+        if features == "top":
+            return feats[:1]
+        if features == "class":
+            top = feats[0].class_name
+            return [f for f in feats if f.class_name == top] if top is not None else feats[:1]
         return feats
     if isinstance(features, (int, np.integer)):
         features = [features]
@@ -321,7 +346,7 @@ def _truth_metrics(table, records, spurious: np.ndarray, present: np.ndarray, cl
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
-def label_regions(model, dataset, discovery, *, features: Any = None, region_mode: str | None = None,
+def label_regions(model, dataset, discovery, *, features: Any = "class", region_mode: str | None = None,
                   split: str | None = "train", medoid_embeddings: np.ndarray | None = None,
                   eval_dataset: Any = None, truth: str | None = None, batch_size: int = 128,
                   progress: bool = True) -> RegionLabelling:
@@ -332,8 +357,9 @@ def label_regions(model, dataset, discovery, *, features: Any = None, region_mod
         dataset: The fine-tuning :class:`~ravl.data.RegionDataset` (a ``label`` on every row of
             ``split``).
         discovery: A :class:`~ravl.discovery.DiscoveryResult` or the path of ``discovery.json``.
-        features: Which discovered features are spurious: ``None`` (the top-ranked one),
-            ``"all"`` or a list of ranks.
+        features: Which discovered features are spurious: ``"class"`` (default: every feature
+            tied to the top-ranked feature's class), ``"top"`` / ``None`` (the top-ranked one),
+            ``"all"`` or a list of ranks (see :func:`select_features`).
         region_mode: Region embedding mode (default: the discovery's, else ``"masked"``).
         split: The split to label; it must be the split fine-tuning trains on (positions in
             ``dataset.subset(split)`` are the ``batch["indices"]`` of the training loop).

@@ -220,7 +220,8 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
              objective: Callable[..., dict[str, torch.Tensor]] | None = None,
              resume: bool = True, progress: bool = True, init: dict[str, Any] | None = None,
              extra_state: Callable[[], dict[str, Any]] | None = None,
-             epoch_order: Callable[[int], torch.Tensor] | None = None) -> FinetuneResult:
+             epoch_order: Callable[[int], torch.Tensor] | None = None,
+             run_info: dict[str, Any] | None = None) -> FinetuneResult:
     """Fine-tune ``model`` in place on the image-caption pairs of ``dataset``.
 
     Args:
@@ -239,6 +240,10 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         epoch_order: ``epoch_order(epoch) -> LongTensor`` of training-split positions to visit in
             that epoch (e.g. group-balanced upsampling); it must be deterministic in ``epoch`` for
             exact resumption. Default: a permutation drawn from ``(config.seed, epoch)``.
+        run_info: JSON-ready description of everything else that determines the run (e.g. the
+            mitigation method, its options and a fingerprint of the labelled regions). Saved
+            in the resume state; resuming a state saved with another ``run_info`` is refused
+            with a :class:`~ravl.exceptions.CheckpointError` naming the keys that differ.
 
     Returns:
         A :class:`FinetuneResult`.
@@ -290,6 +295,13 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
             raise CheckpointError(
                 f"{out} holds a run with another configuration (saved {saved}, objective "
                 f"{state.get('objective')!r}). Use another --out folder, or --no-resume to overwrite it.")
+        saved_info = state.get("run_info")
+        if (saved_info or None) != (run_info or None):
+            a, b = saved_info or {}, run_info or {}
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise CheckpointError(f"{out} holds a run of another set-up (differs in: {', '.join(keys)}; saved "
+                                  f"{ {k: a.get(k) for k in keys} }, now { {k: b.get(k) for k in keys} }). Use "
+                                  "another --out folder, or --no-resume to overwrite it.")
         if state.get("n_train") != len(train):
             raise CheckpointError(f"{out} was trained on {state.get('n_train')} images but the dataset now "
                                   f"has {len(train)}. Use another --out folder or --no-resume.")
@@ -334,7 +346,7 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
                 "epoch": epoch, "step_in_epoch": step_in_epoch, "history": history, "running": running,
                 "config": config.to_dict(), "objective": getattr(objective, "name", None),
                 "objective_state": objective.state_dict() if hasattr(objective, "state_dict") else None,
-                "n_train": len(train), "extra": extra_state() if extra_state else None}
+                "n_train": len(train), "extra": extra_state() if extra_state else None, "run_info": run_info}
 
     pixels = PixelStore(model, train, progress=progress, desc="loading train images")
     tokens = model.tokenize([r.caption for r in train.records])
