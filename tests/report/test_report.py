@@ -86,3 +86,33 @@ def test_report_renders_in_headless_chromium(eval_ds, tmp_path):
     assert arr.shape[:2] == (1600, 1200)
     red = (arr[..., 0] > 200) & (arr[..., 1] < 60) & (arr[..., 2] < 60)
     assert red.sum() > 2000, "the red-square regions of the gallery should be visible"
+
+
+def _fake_evaluation(classes):
+    def result(acc_with, acc_without, wg):
+        groups = [{"label": c, "feature_present": p, "accuracy": (acc_with if p else acc_without) if c == "nine"
+                   else 1.0, "n": 10} for c in classes for p in (True, False)]
+        return {"spurious_feature": "red_square", "classes": list(classes),
+                "image": {"overall": 0.9, "n": 20 * len(classes), "per_class": {}, "groups": groups,
+                          "worst_group": {"label": "nine", "feature_present": False, "accuracy": wg, "n": 10}}}
+
+    def side(ckpt, m, acc_with, acc_without):
+        return {"checkpoint": ckpt, "result": result(acc_with, acc_without, acc_without),
+                "metrics": {"Image Overall": m, "Image Worst-Group": acc_without, "Region Overall": m,
+                            "Region Worst-Group": acc_without}}
+
+    return {"method": "ravl", "split": "test", "before": side("ckpt/std", 0.887, 1.0, 0.24),
+            "after": side("ckpt/ravl", 0.943, 0.96, 0.82)}
+
+
+def test_report_mitigation_section_renders_saved_before_after(eval_ds, tmp_path):
+    d = _fake_discovery(eval_ds)
+    ev = _fake_evaluation(eval_ds.classes)
+    (tmp_path / "evaluation.json").write_text(json.dumps(ev))
+    page = write_report(d, eval_ds, tmp_path, mitigation=tmp_path / "evaluation.json").read_text()
+    assert "Mitigation: before and after" in page and "ckpt/ravl" in page
+    assert "<td>Image Worst-Group</td><td>0.240</td><td>0.820</td>" in page
+    assert "nine without red_square (0.820, n = 10)" in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4  # + the before/after chart
+    assert Image.open(tmp_path / "mitigation.png").size[0] > 100
+    assert write_report(d, eval_ds, tmp_path, mitigation=ev).read_text() == page

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
 
-__all__ = ["draw_box", "region_tile", "region_gallery", "gap_chart", "silhouette_chart", "png_bytes"]
+__all__ = ["draw_box", "region_tile", "region_gallery", "gap_chart", "silhouette_chart", "metric_bars", "png_bytes"]
 
 BOX_COLOUR = (0, 200, 255)
 
@@ -121,5 +121,45 @@ def silhouette_chart(ks: Sequence[int], scores: Sequence[float], *, chosen: int 
         ax.legend(fontsize=8)
     ax.set_xlabel("K (clusters)")
     ax.set_ylabel("silhouette")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _fig_png(fig)
+
+
+def metric_bars(methods: Sequence[str], metrics: Sequence[str], means: Sequence[Sequence[float | None]],
+                errors: Sequence[Sequence[float | None]] | None = None, *, title: str = "",
+                highlight: str | None = None, ylabel: str = "accuracy") -> bytes:
+    """Grouped bars: one group per metric, one bar per method, optional error bars (PNG bytes).
+
+    ``means[i][j]`` is method i's value of metric j (``None``: no bar); ``errors`` alike (e.g.
+    95 % CI half-widths). The ``highlight`` method is drawn in red, the others in greys and blues.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n_m = len(methods)
+    x = np.arange(len(metrics))
+    width = 0.8 / max(n_m, 1)
+    palette = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(metrics) + 2.5), 3.2))
+    k = 0
+    for i, m in enumerate(methods):
+        vals = [np.nan if v is None else v for v in means[i]]
+        err = None
+        if errors is not None:
+            err = [0.0 if e is None or e != e else e for e in errors[i]]
+        colour = "#d62728" if m == highlight else palette(k % 10 if k < 3 else (k + 1) % 10)
+        if m != highlight:
+            k += 1
+        ax.bar(x - 0.4 + (i + 0.5) * width, vals, width, yerr=err, capsize=2, label=m, color=colour,
+               edgecolor="white", linewidth=0.5)
+    ax.set_xticks(x, list(metrics))
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return _fig_png(fig)

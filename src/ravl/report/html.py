@@ -17,7 +17,7 @@ from typing import Any
 from ravl.report import figures
 from ravl.utils.io import atomic_write, atomic_write_text
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "mitigation_section"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -48,9 +48,61 @@ def _write_png(path: Path, png: bytes) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
 
 
+def mitigation_section(evaluation: str | os.PathLike | dict[str, Any], out_dir: str | os.PathLike | None = None
+                       ) -> str:
+    """HTML of a before/after mitigation comparison, rendered from a saved ``evaluation.json``.
+
+    ``evaluation`` is what ``ravl mitigate`` (and ``ravl demo``) write next to the mitigated
+    checkpoint: ``{"method", "split", "before": {"checkpoint", "metrics", "result"}, "after": ...}``
+    with ``result`` an :class:`~ravl.evaluation.EvaluationResult` dict. With ``out_dir`` the
+    chart is also saved as ``mitigation.png`` there.
+    """
+    if not isinstance(evaluation, dict):
+        evaluation = json.loads(Path(evaluation).read_text(encoding="utf-8"))
+    before, after = evaluation["before"], evaluation["after"]
+    names = list(before["metrics"])
+    chart = figures.metric_bars(["before", "after"], names, [[before["metrics"][k] for k in names],
+                                                               [after["metrics"][k] for k in names]],
+                                title=f"zero-shot accuracy on the {evaluation.get('split', 'test')} split",
+                                highlight="after")
+    if out_dir is not None:
+        _write_png(Path(out_dir) / "mitigation.png", chart)
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(before['metrics'][k])}</td>"
+                   f"<td>{_fmt(after['metrics'][k])}</td></tr>" for k in names)
+    feat = after["result"].get("spurious_feature")
+    groups = []
+    for which, r in (("before", before), ("after", after)):
+        wg = r["result"]["image"].get("worst_group")
+        if wg:
+            state = "with" if wg["feature_present"] else "without"
+            groups.append(f"{which}: {html.escape(str(wg['label']))} {state} {html.escape(str(feat))} "
+                          f"({_fmt(wg['accuracy'])}, n = {wg['n']})")
+    # Per-class accuracy with vs without the feature, before and after (image level).
+    def by_class(r: dict[str, Any]) -> dict[tuple[str, bool], float]:
+        return {(g["label"], bool(g["feature_present"])): g["accuracy"] for g in r["result"]["image"]["groups"]}
+
+    gb, ga = by_class(before), by_class(after)
+    classes = list(after["result"].get("classes") or [])
+    class_rows = "".join(
+        f"<tr><td>{html.escape(str(c))}</td><td>{_fmt(gb.get((c, True)))}</td><td>{_fmt(gb.get((c, False)))}</td>"
+        f"<td>{_fmt(ga.get((c, True)))}</td><td>{_fmt(ga.get((c, False)))}</td></tr>" for c in classes) if gb else ""
+    body = (f'<p class="muted">method <code>{html.escape(str(evaluation.get("method")))}</code> · before = '
+            f'<code>{html.escape(str(before["checkpoint"]))}</code> · after = '
+            f'<code>{html.escape(str(after["checkpoint"]))}</code></p>'
+            f'<div class="row"><div>{_img_tag(chart, "before/after chart")}</div><div><table><tr><th>metric</th>'
+            f"<th>before</th><th>after</th></tr>{rows}</table>"
+            + ("<p>Worst image group " + "<br>".join(groups) + "</p>" if groups else "") + "</div></div>")
+    if class_rows:
+        body += ("<h3>Image accuracy per class, with vs without the feature</h3><table><tr><th>class</th>"
+                 "<th>before: with</th><th>before: without</th><th>after: with</th><th>after: without</th></tr>"
+                 f"{class_rows}</table>")
+    return body
+
+
 def write_report(discovery: str | os.PathLike | dict[str, Any], dataset, out_dir: str | os.PathLike, *,
                  max_regions: int = 20, max_features: int = 5, title: str | None = None,
-                 extra_sections: list[tuple[str, str]] | None = None) -> Path:
+                 extra_sections: list[tuple[str, str]] | None = None,
+                 mitigation: str | os.PathLike | dict[str, Any] | None = None) -> Path:
     """Render ``report.html`` (self-contained) and PNG exports into ``out_dir``.
 
     Args:
@@ -62,7 +114,9 @@ def write_report(discovery: str | os.PathLike | dict[str, Any], dataset, out_dir
         max_regions: Regions shown per feature.
         max_features: Discovered features shown.
         title: Page title.
-        extra_sections: ``(heading, html)`` pairs appended (e.g. a mitigation table).
+        extra_sections: ``(heading, html)`` pairs appended.
+        mitigation: A saved ``evaluation.json`` of ``ravl mitigate`` (path or dict): adds a
+            before/after section (:func:`mitigation_section`) and ``mitigation.png``.
 
     Returns:
         Path of ``report.html``.
@@ -146,6 +200,8 @@ def write_report(discovery: str | os.PathLike | dict[str, Any], dataset, out_dir
                                          chosen=discovery.get("n_clusters"))
         _write_png(out / "silhouette.png", chart)
         parts.append("<h2>Choosing the number of clusters</h2>" + _img_tag(chart, "silhouette vs K"))
+    if mitigation is not None:
+        parts.append("<h2>Mitigation: before and after</h2>" + mitigation_section(mitigation, out))
     for heading, body in extra_sections or []:
         parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
     if cfg:
