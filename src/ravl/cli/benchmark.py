@@ -1,4 +1,4 @@
-"""``ravl benchmark discover``: the settings grid that measures discovery methods.
+"""``ravl benchmark discover|mitigate``: the settings grids that measure discovery and mitigation methods.
 
 Each benchmark is one subcommand of ``ravl benchmark``, added by its own ``_add_NAME(sub)``
 function that sets ``_benchmark_run`` to the function running it; :func:`run` dispatches.
@@ -10,12 +10,16 @@ import time
 from pathlib import Path
 
 COMMAND = "benchmark"
-HELP = "run a benchmark grid (discover: settings x methods -> Precision@10 tables and plot)"
+HELP = ("run a benchmark grid (discover: settings x methods -> Precision@10 tables and plot; "
+        "mitigate: Stage 1 then every mitigation method -> Table 3)")
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     _add_discover(sub)
+    from ravl.cli.benchmark_mitigate import add_mitigate_parser
+
+    add_mitigate_parser(sub)
 
 
 def run(args) -> int:

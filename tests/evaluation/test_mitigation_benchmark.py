@@ -1,0 +1,140 @@
+"""The mitigation benchmark: grid runner (resume, config guard, canonical rows), Table 3 summary, CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ravl.evaluation.benchmark import SettingSpec
+from ravl.evaluation.mitigation_benchmark import (
+    MitigationBenchmarkConfig,
+    format_mitigation_summary,
+    run_mitigation_grid,
+    summarize_mitigation,
+)
+from ravl.exceptions import CheckpointError
+
+TINY = MitigationBenchmarkConfig(n_train=600, n_eval=200, epochs=2, continue_epochs=1, batch_size=32, threads=1)
+SPEC = SettingSpec("red_square", "nine", 0.95, 0)
+METHODS = ("standard", "vl-erm", "ravl", "ravl-continue")
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory):
+    work = tmp_path_factory.mktemp("mitigate_grid")
+    rows = run_mitigation_grid([SPEC], work, TINY, methods=METHODS, progress=False)
+    return work, rows
+
+
+def test_rows_carry_stage1_and_the_four_metrics(tiny_grid):
+    work, rows = tiny_grid
+    assert [r["method"] for r in rows] == list(METHODS)
+    assert rows[0]["n_features"] >= 1 and rows[0]["discovered_class"] == "nine"  # a feature to mitigate
+    for r in rows:
+        assert r["setting"] == SPEC.key and r["feature"] == "red_square" and r["spurious_class"] == "nine"
+        assert set(r) >= {"valid", "validity_gap", "precision_at_10", "discovered_class", "achieved_v"}
+        assert set(r["metrics"]) == {"Image Overall", "Image Worst-Group", "Region Overall", "Region Worst-Group"}
+        assert all(0.0 <= v <= 1.0 for v in r["metrics"].values())
+    std, erm, ravl, cont = rows
+    assert std["reused_audited"] is True and std["start"] == "init"
+    # the standard row is the audited model itself, evaluated once and cached
+    cached = json.loads((work / SPEC.key / "model" / "benchmark_eval.json").read_text())
+    assert cached["metrics"] == std["metrics"]
+    assert ravl["start"] == "init" and cont["start"] == "checkpoint" and ravl["labelling_precision"] > 0.9
+    cfg = json.loads((work / SPEC.key / "ravl-continue" / "config.json").read_text())
+    assert cfg["mitigation"]["start"] == "checkpoint" and cfg["finetune"]["epochs"] == TINY.continue_epochs
+    assert cfg["mitigation"]["options"]["features"] == "class"
+    # timings live outside results.jsonl, which holds deterministic values only
+    res = [json.loads(x) for x in (work / "results.jsonl").read_text().splitlines()]
+    assert res == rows and not any("method_seconds" in r for r in res)
+    tim = [json.loads(x) for x in (work / "timings.jsonl").read_text().splitlines()]
+    assert {(t["setting"], t["method"]) for t in tim} == {(SPEC.key, m) for m in METHODS}
+
+
+def test_rerun_resumes_without_recomputing(tiny_grid, monkeypatch):
+    import ravl.evaluation.mitigation_benchmark as mb
+
+    work, rows = tiny_grid
+
+    def boom(*a, **k):
+        raise AssertionError("a finished (setting, method) row was recomputed")
+
+    monkeypatch.setattr(mb, "_mitigate_one", boom)
+    monkeypatch.setattr(mb, "_stage1", boom)
+    assert run_mitigation_grid([SPEC], work, TINY, methods=METHODS, progress=False) == rows
+    # a subset of methods, in another order, comes back in the requested order
+    assert [r["method"] for r in run_mitigation_grid([SPEC], work, TINY, methods=("ravl", "standard"),
+                                                     progress=False)] == ["ravl", "standard"]
+
+
+def test_refuses_another_configuration(tiny_grid):
+    work, _ = tiny_grid
+    with pytest.raises(CheckpointError, match="another configuration"):
+        run_mitigation_grid([SPEC], work, MitigationBenchmarkConfig(n_train=600, n_eval=200, epochs=3),
+                            methods=("standard",), progress=False)
+
+
+def test_config_round_trip_and_validation():
+    d = TINY.to_dict()
+    assert MitigationBenchmarkConfig.from_dict(json.loads(json.dumps(d))) == TINY
+    with pytest.raises(ValueError, match="Unknown MitigationBenchmarkConfig field"):
+        MitigationBenchmarkConfig.from_dict({**d, "lr": 1})
+    with pytest.raises(ValueError, match="'region_mode' parameter"):
+        MitigationBenchmarkConfig(region_mode="pixels")
+    with pytest.raises(ValueError, match="'methods\\[i\\]' parameter"):
+        run_mitigation_grid([SPEC], "unused", TINY, methods=("ravl", "magic"), progress=False)
+
+
+def _row(setting, method, p10, iwg, io=0.9, valid=True):
+    return {"setting": setting, "method": method, "valid": valid, "precision_at_10": p10,
+            "metrics": {"Image Overall": io, "Image Worst-Group": iwg, "Region Overall": io, "Region Worst-Group": None}}
+
+
+def test_summary_means_intervals_thresholds_and_paired_deltas():
+    from scipy import stats
+
+    rows = [_row("a", "standard", 1.0, 0.2), _row("a", "ravl", 1.0, 0.5),
+            _row("b", "standard", 0.7, 0.4), _row("b", "ravl", 0.7, 0.6),
+            _row("c", "standard", 0.9, 0.0), _row("c", "ravl", 0.9, 0.4),
+            _row("d", "standard", 0.5, 0.1), _row("d", "ravl", 0.5, 0.9),      # P@10 too low: left out
+            _row("e", "standard", 1.0, 0.0, valid=False), _row("e", "ravl", 1.0, 1.0, valid=False)]
+    s = summarize_mitigation(rows)
+    assert s["n_settings"] == 5 and s["n_valid"] == 4
+    b6, b8 = s["thresholds"]
+    assert b6["threshold"] == 0.6 and b6["settings"] == ["a", "b", "c"] and b8["settings"] == ["a", "c"]
+    ravl6 = next(e for e in b6["methods"] if e["method"] == "ravl")
+    x = np.array([0.5, 0.6, 0.4])
+    assert ravl6["Image Worst-Group"]["mean"] == pytest.approx(x.mean())
+    assert ravl6["Image Worst-Group"]["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * x.std(ddof=1) / math.sqrt(3))
+    d = np.array([0.3, 0.2, 0.4])  # paired: ravl - standard per setting
+    assert ravl6["delta"]["Image Worst-Group"]["mean"] == pytest.approx(d.mean())
+    assert ravl6["delta"]["Image Worst-Group"]["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3))
+    assert ravl6["Region Worst-Group"] == {"mean": None, "ci95": None, "n": 0}
+    ravl8 = next(e for e in b8["methods"] if e["method"] == "ravl")
+    assert ravl8["n"] == 2 and ravl8["Image Worst-Group"]["mean"] == pytest.approx(0.45)
+    md = format_mitigation_summary(s)
+    assert "P@10 > 0.6 (n = 3)" in md and "| ravl | 90.0 ± 0.0 | 50.0 ± 24.8 | 90.0 ± 0.0 | – | 3 |" in md
+    assert "| ravl | +0.0 ± 0.0 | +30.0 ± 24.8 |" in md
+
+
+def test_cli_writes_tables_and_chart(tiny_grid, capsys):
+    from ravl.cli import main
+
+    work, rows = tiny_grid
+    argv = ["benchmark", "mitigate", "--out", str(work), "--features", "red_square", "--spurious-classes", "nine",
+            "--methods", *METHODS, "--n-train", "600", "--n-eval", "200", "--epochs", "2", "--continue-epochs", "1",
+            "--batch-size", "32", "--threads", "1", "--quiet"]
+    assert main(argv) == 0  # everything is cached: nothing is recomputed
+    out = capsys.readouterr().out
+    assert "Settings with Stage-1 P@10 > 0.6" in out and "wrote" in out
+    assert (work / "summary.md").read_text().startswith("Valid settings:")
+    assert (work / "mitigation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    back = json.loads((work / "summary.json").read_text())
+    assert back["config"] == TINY.to_dict()
+    assert back["thresholds"] == json.loads(json.dumps(summarize_mitigation(rows)["thresholds"]))
+    header = (work / "summary.csv").read_text().splitlines()[0]
+    assert header.startswith("p_at_10_above,method,n_settings,Image Overall mean")
+    # another recipe in the same folder is refused with a clear error
+    assert main([*argv, "--lam", "0.5"]) == 1
+    assert "another configuration" in capsys.readouterr().err
