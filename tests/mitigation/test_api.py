@@ -187,3 +187,16 @@ def test_class_text_templates_come_from_discovery(env, labelling, tmp_path):
     assert res.options["templates"] == ["the digit {}"]
     assert json.loads((tmp_path / "erm" / "config.json").read_text())["mitigation"]["options"]["templates"] == \
         ["the digit {}"]
+
+
+def test_cfr_calibrates_the_audited_erm_model(env, labelling, tmp_path, monkeypatch):
+    import ravl.mitigation.api as api
+
+    def no_init(*a, **k):
+        raise AssertionError("CFR must calibrate the ERM (audited) weights, not the initialisation")
+
+    monkeypatch.setattr(api, "load_init_model", no_init)
+    res = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, method="cfr", config=CFG,
+                   labelling=labelling, progress=False)
+    assert res.start == "init" and res.init == {"model": "tiny", "seed": 0, "checkpoint": None}
+    assert res.options["cfr_calibration_samples"] >= 0

@@ -125,10 +125,14 @@ def test_feature_selection_and_errors(hand_discovery, setting):
     f1 = d["features"][0]
     d["features"] = [f1, {**f1, "rank": 2, "cluster": f1["cluster"] + 1}, {**f1, "rank": 3, "class": "three"},
                      {**f1, "rank": 4, "cluster": f1["cluster"] + 2}]
+    d["features"].append({**f1, "rank": 5, "cluster": f1["cluster"] + 3, "gap": 0.4 * f1["gap"]})  # weak
     many = DiscoveryResult.from_dict(d)
-    assert [f.rank for f in select_features(many)] == [1, 2, 4]
+    assert [f.rank for f in select_features(many)] == [1, 2, 4]           # rank 5's gap < 0.5 x the top's
+    assert [f.rank for f in select_features(many, min_gap_ratio=0.0)] == [1, 2, 4, 5]
+    with pytest.raises(ValueError, match="'min_gap_ratio'"):
+        select_features(many, min_gap_ratio=2)
     assert [f.rank for f in select_features(many, "top")] == [1] == [f.rank for f in select_features(many, None)]
-    assert [f.rank for f in select_features(many, "all")] == [1, 2, 3, 4]
+    assert [f.rank for f in select_features(many, "all")] == [1, 2, 3, 4, 5]
     d = disc.to_dict()
     d["features"] = []
     with pytest.raises(ValueError, match="nothing to mitigate"):
@@ -148,3 +152,24 @@ def test_discovery_without_medoids_is_refused_clearly(hand_discovery, model, tra
     d["meta"]["method"] = "domino"
     with pytest.raises(ValueError, match=r"\(domino\) has no cluster medoids"):
         label_regions(model, train_ds, DiscoveryResult.from_dict(d), progress=False)
+
+
+def test_spurious_assignment_threshold_keeps_outliers_out():
+    from types import SimpleNamespace as NS
+
+    from ravl.mitigation.labelling import MIN_MEMBERS_FOR_THRESHOLD, spurious_assignment
+
+    members = [NS(similarity=v) for v in np.linspace(0.90, 1.0, 21)]     # the cluster's own regions
+    feat = NS(cluster=2, regions=members)
+    clusters = np.array([2, 2, 2, 0, 2])
+    sims = np.array([0.99, 0.9046, 0.60, 0.99, 0.904])                  # q05 of members = 0.905
+    spur, thr, n_out = spurious_assignment(clusters, sims, [feat], 0.05)
+    assert thr == {2: pytest.approx(0.905 - 1e-3)}
+    assert spur.tolist() == [True, True, False, False, True] and n_out == 1  # 0.60: far from the medoid
+    spur, thr, n_out = spurious_assignment(clusters, sims, [feat], None)     # the paper's nearest-medoid rule
+    assert spur.tolist() == [True, True, True, False, True] and thr is None and n_out == 0
+    few = NS(cluster=2, regions=members[:MIN_MEMBERS_FOR_THRESHOLD - 1])     # too few members: no threshold
+    spur, thr, _ = spurious_assignment(clusters, sims, [few], 0.05)
+    assert thr == {} and spur.tolist() == [True, True, True, False, True]
+    with pytest.raises(ValueError, match="'assignment_quantile'"):
+        spurious_assignment(clusters, sims, [feat], 1.5)

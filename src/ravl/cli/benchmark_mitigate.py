@@ -45,6 +45,13 @@ def add_mitigate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--features-used", default=d.features, dest="features_used",
                    help="which discovered features mitigation treats as spurious: 'class' (every feature tied "
                         "to the top feature's class), 'top', 'all' or ranks like '1,2'")
+    p.add_argument("--min-gap-ratio", type=float, default=d.min_gap_ratio,
+                   help="with --features-used class: a feature joins the top one only if its gap is at least this "
+                        "fraction of the top feature's")
+    p.add_argument("--assignment-quantile", type=lambda t: None if t.lower() == "none" else float(t),
+                   default=d.assignment_quantile,
+                   help="labelling threshold (quantile of the cluster members' similarity to the medoid); 'none': "
+                        "nearest medoid only")
     from ravl.cli.benchmark import _add_backend_arguments
 
     _add_backend_arguments(p)
@@ -99,7 +106,8 @@ def run_mitigate(args) -> int:
     cfg = MitigationBenchmarkConfig(n_train=args.n_train, n_eval=args.n_eval, epochs=args.epochs,
                                     batch_size=args.batch_size,
                                     continue_epochs=args.continue_epochs, region_mode=args.region_mode,
-                                    lam=args.lam, features=args.features_used, threads=threads)
+                                    lam=args.lam, features=args.features_used, min_gap_ratio=args.min_gap_ratio,
+                                    assignment_quantile=args.assignment_quantile, threads=threads)
     print(f"{len(specs)} settings x {len(args.methods)} methods -> {out}")
     rows = run_mitigation_grid(specs, out, cfg, methods=args.methods, backend=args.backend,
                                num_workers=args.workers, ray_address=args.ray_address, progress=not args.quiet)

@@ -36,6 +36,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--features", default="class",
                         help="discovered features treated as spurious: 'class' (every feature tied to the top "
                              "feature's class), 'top', 'all' or comma-separated ranks")
+    parser.add_argument("--min-gap-ratio", type=float, default=0.5,
+                        help="with --features class: a feature joins the top one only if its performance gap is at "
+                             "least this fraction of the top feature's")
+    parser.add_argument("--assignment-quantile", default="0.05",
+                        help="a training region joins a spurious cluster only if it is as close to the medoid as this "
+                             "quantile of the cluster's own members in discovery; 'none': nearest medoid only")
     parser.add_argument("--region-mode", default=None, choices=["masked", "roi", "crop"],
                         help="region embedding mode (default: the discovery's)")
     parser.add_argument("--lam", type=float, default=1.0, help="weight λ of RaVL's region-aware terms")
@@ -129,7 +135,13 @@ def run(args) -> int:
         over["val_split"] = None if args.val_split.lower() == "none" else args.val_split
     cfg = replace(cfg, **over)
     init = {"model": name, "checkpoint": None, "seed": args.init_seed} if args.init_seed is not None else None
-    opts = MitigationOptions(features=_features(args.features), region_mode=args.region_mode, lam=args.lam,
+    q = str(args.assignment_quantile).strip().lower()
+    try:
+        quantile = None if q == "none" else float(q)
+    except ValueError:
+        raise SystemExit(f"error: --assignment-quantile must be a number in [0, 1] or 'none'; got {args.assignment_quantile!r}")
+    opts = MitigationOptions(features=_features(args.features), min_gap_ratio=args.min_gap_ratio,
+                             assignment_quantile=quantile, region_mode=args.region_mode, lam=args.lam,
                              tau=args.tau, eta=args.eta, spurious_names=tuple(args.spurious_name),
                              templates=templates_from_args(args))
     train = load_dataset(args.data)

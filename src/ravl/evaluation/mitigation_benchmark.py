@@ -86,6 +86,8 @@ class MitigationBenchmarkConfig:
         region_mode: Region embedding mode of discovery, labelling and the RaVL loss.
         features: Discovered features treated as spurious: ``"class"`` (every feature tied to
             the top feature's class), ``"top"``, ``"all"`` or ranks like ``"1,2"``.
+        min_gap_ratio: See :class:`ravl.mitigation.api.MitigationOptions`.
+        assignment_quantile: See :class:`ravl.mitigation.api.MitigationOptions`.
         lam: λ of the RaVL loss.
         eta: Group DRO step size.
         spurious_names: Spurious-Aware's attribute names (empty: its L_ls is off; discovery does
@@ -104,6 +106,8 @@ class MitigationBenchmarkConfig:
     k: int = 10
     region_mode: str = "masked"
     features: str = "class"
+    min_gap_ratio: float = 0.5
+    assignment_quantile: float | None = 0.05
     lam: float = 1.0
     eta: float = 0.01
     spurious_names: tuple[str, ...] = ()
@@ -115,6 +119,9 @@ class MitigationBenchmarkConfig:
                           ("k", 1), ("threads", 1)):
             check_int(getattr(self, name), name, c, low=low)
         check_float(self.min_gap, "min_gap", c, low=-1, high=1)
+        check_float(self.min_gap_ratio, "min_gap_ratio", c, low=0, high=1)
+        if self.assignment_quantile is not None:
+            check_float(self.assignment_quantile, "assignment_quantile", c, low=0, high=1)
         check_float(self.lam, "lam", c, low=0)
         check_float(self.eta, "eta", c, low=0)
         from ravl.models.regions import REGION_MODES
@@ -261,11 +268,13 @@ def _mitigate_one(spec: SettingSpec, work: Path, config: MitigationBenchmarkConf
         audited = load_model(None, checkpoint=s1.audited_dir)
         labelling = label_regions(audited, train, DiscoveryResult.from_json(s1.discovery_path),
                                   features=_features_option(config.features), region_mode=config.region_mode,
-                                  split=cfg.train_split, progress=progress)
+                                  split=cfg.train_split, min_gap_ratio=config.min_gap_ratio,
+                                  assignment_quantile=config.assignment_quantile, progress=progress)
     start = "checkpoint" if method == "ravl-continue" else "init"
     if start == "checkpoint":
         cfg = replace(cfg, epochs=config.continue_epochs)
-    opts = MitigationOptions(features=_features_option(config.features), region_mode=config.region_mode,
+    opts = MitigationOptions(features=_features_option(config.features), min_gap_ratio=config.min_gap_ratio,
+                             assignment_quantile=config.assignment_quantile, region_mode=config.region_mode,
                              lam=config.lam, eta=config.eta, spurious_names=config.spurious_names,
                              templates=tuple(CAPTION_TEMPLATES))
     out = work / method

@@ -30,8 +30,10 @@ Methods (see ``docs/mitigation.md``):
 - ``"vl-gdro"``: VL-ERM under Group DRO over the discovered groups, group-uniform sampling.
 - ``"spurious-aware"``: Yang et al. 2023 (:class:`~ravl.mitigation.SpuriousAwareObjective`),
   group-uniform sampling.
-- ``"cfr"``: CFR's calibration stage; the ERM model is the audited checkpoint, the
-  calibration set its misclassified training images (see :func:`_cfr_objective`).
+- ``"cfr"``: CFR's calibration stage; the ERM model is the audited checkpoint (with
+  ``start="init"`` the ERM stage from the initialisation is the audited fine-tuning itself, so
+  calibration always starts from the audited weights), the calibration set its misclassified
+  training images (see :func:`_cfr_objective`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ class MitigationOptions:
         features: Discovered features treated as spurious: ``"class"`` (default: every
             discovered feature tied to the top-ranked feature's class), ``"top"`` (the
             top-ranked one; ``None`` too), ``"all"`` or a tuple of ranks.
+        min_gap_ratio: With ``features="class"``: a feature besides the top one is used only
+            when its performance gap is at least this fraction of the top feature's.
+        assignment_quantile: Labelling threshold: a region joins a spurious cluster only when
+            its similarity to the medoid reaches this quantile of the cluster members'
+            similarities in discovery (``None``: nearest medoid only, the paper's rule).
         region_mode: Region embedding mode for labelling and the RaVL loss (``None``: the
             discovery's, else ``"masked"``).
         lam: λ of the RaVL loss.
@@ -85,6 +92,8 @@ class MitigationOptions:
     """
 
     features: Any = "class"
+    min_gap_ratio: float = 0.5
+    assignment_quantile: float | None = 0.05
     region_mode: str | None = None
     lam: float = 1.0
     tau: float = 0.07
@@ -106,6 +115,9 @@ class MitigationOptions:
             from ravl.mitigation.objectives import REGION_MODES
 
             check_choice(self.region_mode, "region_mode", c, REGION_MODES)
+        check_float(self.min_gap_ratio, "min_gap_ratio", c, low=0, high=1)
+        if self.assignment_quantile is not None:
+            check_float(self.assignment_quantile, "assignment_quantile", c, low=0, high=1)
         check_float(self.lam, "lam", c, low=0)
         check_float(self.tau, "tau", c, low=0, closed="neither")
         check_float(self.eta, "eta", c, low=0)
@@ -347,7 +359,8 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
         audited = load_model(name, checkpoint=audited_dir, device=device)
         labelling = label_regions(audited, train_dataset, discovery, features=opts.features,
                                   region_mode=opts.region_mode, split=config.train_split,
-                                  eval_dataset=eval_dataset, progress=progress)
+                                  eval_dataset=eval_dataset, min_gap_ratio=opts.min_gap_ratio,
+                                  assignment_quantile=opts.assignment_quantile, progress=progress)
     if labelling is not None:
         if not isinstance(labelling, RegionLabelling):
             raise TypeError(f"The 'labelling' parameter of {caller} must be a RegionLabelling.")
@@ -399,8 +412,12 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
         extra_info["cfr_calibration_samples"] = n_cal
     del audited
 
-    model = load_init_model(init_record, device=device) if start == "init" else \
-        load_model(name, checkpoint=audited_dir, device=device)
+    if method == "cfr" or start == "checkpoint":
+        # CFR calibrates an ERM model: its first stage, ERM from the initialisation with the
+        # original recipe, *is* the audited fine-tuning, so calibration starts from those weights.
+        model = load_model(name, checkpoint=audited_dir, device=device)
+    else:
+        model = load_init_model(init_record, device=device)
     out = Path(out_dir)
     # Everything besides the recipe that determines the run: resuming another set-up is refused.
     run_info = {"method": method, "start": start, "init": init_record,

@@ -33,11 +33,17 @@ import numpy as np
 
 from ravl.exceptions import DatasetError
 from ravl.mitigation.objectives import REGION_MODES, RegionLabels, class_feature_groups
-from ravl.utils.validation import check_choice, check_int
+from ravl.utils.validation import check_choice, check_float, check_int
 
-__all__ = ["FEATURE_CHOICES", "RegionLabelling", "label_regions", "select_features", "compute_medoid_embeddings", "assign_to_medoids"]
+__all__ = ["FEATURE_CHOICES", "DEFAULT_MIN_GAP_RATIO", "DEFAULT_ASSIGNMENT_QUANTILE", "MIN_MEMBERS_FOR_THRESHOLD",
+           "RegionLabelling", "spurious_assignment", "label_regions", "select_features", "compute_medoid_embeddings",
+           "assign_to_medoids"]
 
 logger = logging.getLogger(__name__)
+
+
+def _thresholds_json(t: dict[int, float] | None) -> dict[str, float] | None:
+    return None if t is None else {str(k): float(v) for k, v in sorted(t.items())}
 
 
 def _ro(arr: np.ndarray) -> np.ndarray:
@@ -70,6 +76,10 @@ class RegionLabelling:
         truth: Agreement with the planted feature when ground-truth region attributes exist
             (report only): ``attribute``, ``region_precision``, ``region_recall``,
             ``image_precision``, ``image_recall``; else ``None``.
+        assignment_thresholds: Per spurious cluster, the similarity a region needed to join it
+            (``None``: nearest medoid only).
+        n_outside_threshold: Regions whose nearest medoid was spurious but which were below its
+            threshold, hence labelled candidate core.
     """
 
     classes: tuple[str, ...]
@@ -86,6 +96,8 @@ class RegionLabelling:
     groups: np.ndarray
     n_groups: int
     truth: dict[str, Any] | None = None
+    assignment_thresholds: dict[int, float] | None = None
+    n_outside_threshold: int = 0
 
     def __post_init__(self) -> None:
         for name, dtype in (("region_clusters", np.int64), ("region_similarity", np.float32),
@@ -145,6 +157,8 @@ class RegionLabelling:
                 "feature_classes": list(self.feature_classes), "n_images": self.n_images,
                 "n_regions": len(self.region_labels), "n_spurious_regions": self.region_labels.n_spurious,
                 "n_images_with_feature": int(self.feature_present.sum()),
+                "assignment_thresholds": _thresholds_json(self.assignment_thresholds),
+                "n_outside_threshold": self.n_outside_threshold,
                 "per_class": self.class_counts(), "groups": self.group_counts(), "truth": self.truth}
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,7 +169,9 @@ class RegionLabelling:
                 "region_clusters": self.region_clusters.tolist(),
                 "region_similarity": self.region_similarity.tolist(), "labels": self.labels.tolist(),
                 "feature_present": self.feature_present.tolist(), "groups": self.groups.tolist(),
-                "n_groups": self.n_groups, "truth": self.truth}
+                "n_groups": self.n_groups, "truth": self.truth,
+                "assignment_thresholds": _thresholds_json(self.assignment_thresholds),
+                "n_outside_threshold": self.n_outside_threshold}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RegionLabelling:
@@ -170,7 +186,10 @@ class RegionLabelling:
                    labels=np.asarray(d["labels"], dtype=np.int64),
                    feature_present=np.asarray(d["feature_present"], dtype=bool),
                    groups=np.asarray(d["groups"], dtype=np.int64), n_groups=int(d["n_groups"]),
-                   truth=d.get("truth"))
+                   truth=d.get("truth"),
+                   assignment_thresholds=None if d.get("assignment_thresholds") is None else
+                   {int(k): float(v) for k, v in d["assignment_thresholds"].items()},
+                   n_outside_threshold=int(d.get("n_outside_threshold", 0)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +200,17 @@ class RegionLabelling:
 FEATURE_CHOICES = ("class", "top", "all")
 
 
-def select_features(discovery, features: Any = "class") -> list:
+#: Default of ``min_gap_ratio``: a feature joins the top one under ``features="class"`` only
+#: when its performance gap is at least half the top feature's (docs/mitigation.md has the
+#: measurements behind it: on the discovery grid, clusters of the planted feature had ratios
+#: >= 0.43, clusters of digits tied to the same class <= 0.38).
+DEFAULT_MIN_GAP_RATIO = 0.5
+#: Default of ``assignment_quantile``: a region joins a spurious cluster only when it is at least
+#: as close to the medoid as the 5 % least similar of the cluster's own members in discovery.
+DEFAULT_ASSIGNMENT_QUANTILE = 0.05
+
+
+def select_features(discovery, features: Any = "class", *, min_gap_ratio: float = DEFAULT_MIN_GAP_RATIO) -> list:
     """The discovered features to treat as spurious.
 
     Args:
@@ -191,6 +220,11 @@ def select_features(discovery, features: Any = "class") -> list:
             feature) or a sequence of feature ranks (1 = top). ``"class"`` is the default of
             mitigation: masked-region discovery often splits one visual feature into several
             clusters (e.g. a square at each position), each tied to the same class.
+        min_gap_ratio: With ``"class"``, keep a feature besides the top one only when its
+            performance gap G is at least this fraction of the top feature's (clusters of
+            ordinary class content can be tied to the same class with a small gap; labelling
+            them spurious is harmful, see docs/mitigation.md). ``0`` keeps every feature of the
+            class.
 
     Returns:
         The chosen :class:`~ravl.discovery.DiscoveredFeature` objects.
@@ -210,8 +244,11 @@ def select_features(discovery, features: Any = "class") -> list:
         if features == "top":
             return feats[:1]
         if features == "class":
-            top = feats[0].class_name
-            return [f for f in feats if f.class_name == top] if top is not None else feats[:1]
+            ratio = check_float(min_gap_ratio, "min_gap_ratio", caller, low=0, high=1)
+            top = feats[0]
+            if top.class_name is None:
+                return feats[:1]
+            return [top] + [f for f in feats[1:] if f.class_name == top.class_name and f.gap >= ratio * top.gap]
         return feats
     if isinstance(features, (int, np.integer)):
         features = [features]
@@ -318,6 +355,50 @@ def assign_to_medoids(region_embeddings: np.ndarray, medoids: np.ndarray, *, blo
     return cl, sim
 
 
+#: A spurious cluster gets a similarity threshold only when discovery.json lists at least this
+#: many of its members (fewer make the quantile meaningless); otherwise nearest medoid only.
+MIN_MEMBERS_FOR_THRESHOLD = 10
+
+
+def spurious_assignment(clusters: np.ndarray, similarities: np.ndarray, features: Sequence[Any],
+                        quantile: float | None = DEFAULT_ASSIGNMENT_QUANTILE
+                        ) -> tuple[np.ndarray, dict[int, float] | None, int]:
+    """Which regions are spurious, given their nearest medoid and the chosen features.
+
+    A region is spurious when its nearest medoid (``clusters``) is a chosen feature's cluster
+    and, with ``quantile`` set, its similarity to it is at least the ``quantile`` of the
+    similarities of that feature's member regions in discovery (``feature.regions``), less
+    1e-3 of slack for re-embedding noise. Features listing fewer than
+    :data:`MIN_MEMBERS_FOR_THRESHOLD` members get no threshold.
+
+    Args:
+        clusters: ``[M]`` nearest medoid (cluster id) of every region.
+        similarities: ``[M]`` cosine similarity to it.
+        features: The chosen :class:`~ravl.discovery.DiscoveredFeature` objects.
+        quantile: In [0, 1], or ``None`` for the nearest medoid only (the paper's rule).
+
+    Returns:
+        ``(spurious [M] bool, thresholds {cluster: similarity} or None, n_outside)``, where
+        ``n_outside`` counts regions nearest to a chosen cluster but below its threshold.
+    """
+    clusters = np.asarray(clusters, dtype=np.int64)
+    sims = np.asarray(similarities, dtype=np.float64)
+    spurious = np.isin(clusters, sorted({int(f.cluster) for f in features}))
+    if quantile is None:
+        return spurious, None, 0
+    quantile = check_float(quantile, "assignment_quantile", "label_regions", low=0, high=1)
+    thresholds: dict[int, float] = {}
+    for f in features:
+        member = np.array([r.similarity for r in f.regions], dtype=np.float64)
+        if member.size >= MIN_MEMBERS_FOR_THRESHOLD:
+            thr = float(np.quantile(member, quantile)) - 1e-3
+            thresholds[int(f.cluster)] = min(thr, thresholds.get(int(f.cluster), thr))
+    need = np.array([thresholds.get(int(c), -np.inf) for c in clusters], dtype=np.float64) if len(clusters) \
+        else np.zeros(0)
+    far = spurious & (sims < need)
+    return spurious & ~far, thresholds, int(far.sum())
+
+
 def _truth_metrics(table, records, spurious: np.ndarray, present: np.ndarray, classes: Sequence[str],
                    truth: str | None) -> dict[str, Any] | None:
     from ravl.evaluation.metrics import infer_spurious_feature
@@ -349,6 +430,8 @@ def _truth_metrics(table, records, spurious: np.ndarray, present: np.ndarray, cl
 def label_regions(model, dataset, discovery, *, features: Any = "class", region_mode: str | None = None,
                   split: str | None = "train", medoid_embeddings: np.ndarray | None = None,
                   eval_dataset: Any = None, truth: str | None = None, batch_size: int = 128,
+                  min_gap_ratio: float = DEFAULT_MIN_GAP_RATIO,
+                  assignment_quantile: float | None = DEFAULT_ASSIGNMENT_QUANTILE,
                   progress: bool = True) -> RegionLabelling:
     """Label every region of the fine-tuning split as spurious or candidate core (method.md §4).
 
@@ -370,6 +453,13 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
         truth: Ground-truth region attribute of the planted feature, for the report-only
             precision/recall (default: inferred from ``region_attributes`` when unambiguous).
         batch_size: Regions per forward pass.
+        min_gap_ratio: See :func:`select_features` (``features="class"`` only).
+        assignment_quantile: A region whose nearest medoid is a spurious cluster's is labelled
+            spurious only when its similarity to that medoid is at least this quantile of the
+            similarities of the cluster's own members in discovery (``discovery.json`` lists
+            them), so that outliers far from every medoid are not claimed by the feature.
+            ``None``: nearest medoid only (the paper's rule). The thresholds used are in
+            ``summary()["assignment_thresholds"]``.
         progress: Show progress bars.
 
     Returns:
@@ -385,7 +475,9 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
 
     if isinstance(discovery, (str, os.PathLike)):
         discovery = DiscoveryResult.from_json(discovery)
-    chosen = select_features(discovery, features)
+    chosen = select_features(discovery, features, min_gap_ratio=min_gap_ratio)
+    if assignment_quantile is not None:
+        check_float(assignment_quantile, "assignment_quantile", "label_regions", low=0, high=1)
     mode = region_mode or discovery.meta.get("region_mode") or DEFAULT_REGION_MODE
     check_choice(mode, "region_mode", "label_regions", REGION_MODES)
     ds = dataset.subset(split) if split else dataset
@@ -416,7 +508,7 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
     table = ds.region_table()
     emb = embed_regions(model, ds, mode=mode, batch_size=batch_size, progress=progress)
     clusters, sims = assign_to_medoids(emb, medoids)
-    spurious = np.isin(clusters, spurious_clusters)
+    spurious, thresholds, n_outside = spurious_assignment(clusters, sims, chosen, assignment_quantile)
     size = np.array([[r.width, r.height, r.width, r.height] for r in ds.records], dtype=np.float64)
     boxes = np.clip(table.boxes / size[table.image_index], 0.0, 1.0) if len(table) else np.zeros((0, 4))
     region_labels = RegionLabels(table.image_index, boxes, spurious)
@@ -428,7 +520,8 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
                              spurious_clusters=spurious_clusters, feature_ranks=tuple(f.rank for f in chosen),
                              feature_classes=tuple(f.class_name for f in chosen), region_labels=region_labels,
                              region_clusters=clusters, region_similarity=sims, labels=labels,
-                             feature_present=present, groups=groups, n_groups=n_groups, truth=truth_d)
+                             feature_present=present, groups=groups, n_groups=n_groups, truth=truth_d,
+                             assignment_thresholds=thresholds, n_outside_threshold=n_outside)
     logger.info("Labelled %d regions of %d images: %d spurious (clusters %s) in %d images.", len(region_labels),
                 len(ds), region_labels.n_spurious, list(spurious_clusters), int(present.sum()))
     return result
