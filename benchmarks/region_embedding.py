@@ -23,7 +23,6 @@ numbers from a busy machine can be recognised.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

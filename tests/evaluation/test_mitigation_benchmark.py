@@ -138,3 +138,12 @@ def test_cli_writes_tables_and_chart(tiny_grid, capsys):
     # another recipe in the same folder is refused with a clear error
     assert main([*argv, "--lam", "0.5"]) == 1
     assert "another configuration" in capsys.readouterr().err
+
+
+def test_ray_backend_gives_the_same_rows(tiny_grid, tmp_path):
+    pytest.importorskip("ray")
+    work, rows = tiny_grid
+    methods = ("standard", "vl-erm")
+    got = run_mitigation_grid([SPEC], tmp_path, TINY, methods=methods, backend="ray", num_workers=1, progress=False)
+    assert got == [r for r in rows if r["method"] in methods]
+    assert (tmp_path / "results.jsonl").read_text() == "".join(json.dumps(r) + "\n" for r in got)
