@@ -475,6 +475,11 @@ def test_cli_builds_and_prints_summary(tmp_path, capsys):
     assert "target 0.800" in text and f"achieved {s.achieved_v:.4f}" in text
     assert "three *" in text and str(out / "train") in text and str(out / "eval") in text
     assert "setting.json" in text
+    # the caption templates, ready for --templates (read back by ravl.zeroshot.read_templates)
+    from ravl.data.synthetic import CAPTION_TEMPLATES
+    from ravl.zeroshot import read_templates
+
+    assert read_templates(out / "templates.txt") == tuple(CAPTION_TEMPLATES) and "templates.txt" in text
     # the contingency table is printed, one line per class
     for c, (without, with_) in zip(s.classes, s.contingency):
         line = next(ln for ln in text.splitlines() if ln.startswith(c))

@@ -199,4 +199,29 @@ def test_cfr_calibrates_the_audited_erm_model(env, labelling, tmp_path, monkeypa
     res = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, method="cfr", config=CFG,
                    labelling=labelling, progress=False)
     assert res.start == "init" and res.init == {"model": "tiny", "seed": 0, "checkpoint": None}
-    assert res.options["cfr_calibration_samples"] >= 0
+    assert res.options["cfr_calibration_samples"] >= 0 and res.options["trainable"] == "image-projection"
+    # only the image projection moved (CFR trains the projection on top of the ERM model)
+    before, after = _weights(env["ckpt"]), _weights(tmp_path)
+    moved = {k for k in before if not torch.equal(before[k], after[k]) and "running" not in k
+             and "num_batches" not in k}
+    assert moved and all(k.startswith(("visual_norm.", "visual_proj.")) for k in moved)
+
+
+def test_set_trainable():
+    from ravl.mitigation.api import set_trainable
+    from ravl.models import load_model
+
+    m = load_model("tiny", seed=0)
+    n = set_trainable(m, "image-projection")
+    assert n == 4 and {k for k, p in m.module.named_parameters() if p.requires_grad} == \
+        {"visual_norm.weight", "visual_norm.bias", "visual_proj.weight", "visual_proj.bias"}
+    assert set_trainable(m, "all") == len(list(m.module.parameters()))
+
+    class Bare:
+        name = "bare"
+        module = torch.nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match="does not name its image projection"):
+        set_trainable(Bare(), "image-projection")
+    with pytest.raises(ValueError, match="'trainable'"):
+        MitigationOptions(trainable="backbone")

@@ -11,8 +11,9 @@ DESCRIPTION = (
     "Build a synthetic spurious-correlation setting (56x56 images of four 28x28 quadrants: a handwritten digit, "
     "maybe the spurious feature, black elsewhere). OUT/train is the fine-tuning set, where the feature co-occurs with "
     "--spurious-class with strength --cramers-v; OUT/eval is the evaluation set, where the feature is independent of "
-    "the class (split val for discovery, test for metrics); OUT/setting.json records the planted ground truth. "
-    "Rerunning with the same options reuses the folder. See docs/synthetic-settings.md.")
+    "the class (split val for discovery, test for metrics); OUT/setting.json records the planted ground truth; "
+    "OUT/templates.txt holds the caption templates, the prompts to use with --templates for a model fine-tuned on "
+    "these captions only. Rerunning with the same options reuses the folder. See docs/synthetic-settings.md.")
 
 
 def add_arguments(parser) -> None:
@@ -52,6 +53,12 @@ def run(args) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from ravl.data.synthetic import CAPTION_TEMPLATES
+    from ravl.utils.io import atomic_write_text
+
+    templates = setting.root / "templates.txt"
+    atomic_write_text(templates, "".join(t + "\n" for t in CAPTION_TEMPLATES))
     print(setting.summary())
     print(f"setting: {setting.root / 'setting.json'}  ({time.monotonic() - t0:.1f} s)")
+    print(f"prompt templates (the captions' own, for --templates): {templates}")
     return 0

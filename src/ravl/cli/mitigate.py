@@ -47,6 +47,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lam", type=float, default=1.0, help="weight λ of RaVL's region-aware terms")
     parser.add_argument("--tau", type=float, default=0.07, help="temperature of RaVL's region-aware terms")
     parser.add_argument("--eta", type=float, default=0.01, help="Group DRO step size (vl-gdro)")
+    parser.add_argument("--trainable", default=None, choices=["all", "image-projection"],
+                        help="train every parameter, or the image tower's final projection only (default: 'all'; "
+                             "'image-projection' for cfr, as its authors do)")
     parser.add_argument("--templates", default=None,
                         help="text file with one prompt template per line containing '{}' for the class text of the "
                              "losses and the before/after evaluation (default: the templates discovery scored with, "
@@ -143,7 +146,7 @@ def run(args) -> int:
     opts = MitigationOptions(features=_features(args.features), min_gap_ratio=args.min_gap_ratio,
                              assignment_quantile=quantile, region_mode=args.region_mode, lam=args.lam,
                              tau=args.tau, eta=args.eta, spurious_names=tuple(args.spurious_name),
-                             templates=templates_from_args(args))
+                             templates=templates_from_args(args), trainable=args.trainable)
     train = load_dataset(args.data)
     try:
         res = mitigate(args.checkpoint, train, args.discovery, out_dir=args.out, method=args.method,
@@ -161,8 +164,12 @@ def run(args) -> int:
         t = lab.get("truth")
         extra = (f"; vs planted '{t['attribute']}': precision {fmt(t['region_precision'])}, recall "
                  f"{fmt(t['region_recall'])}") if t else ""
-        print(f"labelled {lab['n_regions']} regions: {lab['n_spurious_regions']} spurious in "
-              f"{lab['n_images_with_feature']} of {lab['n_images']} images{extra}")
+        ranks = ", ".join(f"#{r}" for r in lab.get("feature_ranks", []))
+        print(f"labelled {lab['n_regions']} regions with discovered feature(s) {ranks}: {lab['n_spurious_regions']} "
+              f"spurious in {lab['n_images_with_feature']} of {lab['n_images']} images{extra}")
+        if lab.get("n_outside_threshold"):
+            print(f"  ({lab['n_outside_threshold']} regions nearest to a spurious medoid but less similar to it than "
+                  "the cluster's own members were left as candidate core; --assignment-quantile none keeps them)")
     rows = [[h["epoch"], f"{h['train_loss']:.4f}", fmt(h.get("val_zero_shot_accuracy")), f"{h['images_per_s']:.0f}"]
             for h in res.history]
     print_table(rows, ["epoch", "train loss", "val zero-shot acc", "images/s"])

@@ -51,8 +51,8 @@ from ravl.exceptions import CheckpointError
 from ravl.utils.io import atomic_write_json
 from ravl.utils.validation import check_choice, check_float, check_int
 
-__all__ = ["METHODS", "STARTS", "MitigationOptions", "MitigationResult", "mitigate", "load_init_model",
-           "resolve_templates"]
+__all__ = ["METHODS", "STARTS", "TRAINABLE", "DEFAULT_TRAINABLE", "MitigationOptions", "MitigationResult",
+           "mitigate", "load_init_model", "resolve_templates", "set_trainable"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,12 @@ logger = logging.getLogger(__name__)
 METHODS = ("ravl", "standard", "upsample", "vl-erm", "vl-gdro", "spurious-aware", "cfr")
 #: Starting points: the original fine-tuning's initialisation, or the audited checkpoint.
 STARTS = ("init", "checkpoint")
+#: What a method trains: every parameter, or the image tower's final projection only.
+TRAINABLE = ("all", "image-projection")
+#: Per-method default of :attr:`MitigationOptions.trainable` (others: ``"all"``). CFR trains the
+#: projection on top of a frozen ERM model [ref: You et al.]; trained whole, its objective (no
+#: image-text term) destroyed the zero-shot classifier (docs/mitigation.md).
+DEFAULT_TRAINABLE = {"cfr": "image-projection"}
 
 RESULT_FILE = "mitigation.json"
 LABELLING_FILE = "labelling.json"
@@ -87,6 +93,10 @@ class MitigationOptions:
             ``("red square",)``); empty: L_ls is off (discovery gives no name).
         templates: Prompt templates of the class text (``None``: the templates discovery scored
             with, recorded in ``discovery.json``'s ``meta``, else the zero-shot defaults).
+        trainable: ``"all"`` (every parameter, the original fine-tuning's recipe) or
+            ``"image-projection"`` (the image tower's final projection only, as CFR and the
+            Spurious-Aware authors train); ``None``: the method's default
+            (:data:`DEFAULT_TRAINABLE`).
         cfr_positives: Positives per CFR calibration anchor.
         cfr_negatives: Negatives per CFR calibration anchor.
     """
@@ -100,6 +110,7 @@ class MitigationOptions:
     eta: float = 0.01
     spurious_names: tuple[str, ...] = ()
     templates: tuple[str, ...] | None = None
+    trainable: str | None = None
     cfr_positives: int = 16
     cfr_negatives: int = 16
 
@@ -124,6 +135,8 @@ class MitigationOptions:
         object.__setattr__(self, "spurious_names", tuple(self.spurious_names))
         if self.templates is not None:
             object.__setattr__(self, "templates", tuple(self.templates))
+        if self.trainable is not None:
+            check_choice(self.trainable, "trainable", c, TRAINABLE)
         check_int(self.cfr_positives, "cfr_positives", c, low=1)
         check_int(self.cfr_negatives, "cfr_negatives", c, low=1)
 
@@ -217,6 +230,31 @@ def resolve_templates(options: MitigationOptions, discovery) -> tuple[str, ...]:
         return tuple(options.templates)
     recorded = (getattr(discovery, "meta", None) or {}).get("templates")
     return tuple(recorded) if recorded else tuple(DEFAULT_TEMPLATES)
+
+
+def set_trainable(model, trainable: str) -> int:
+    """Freeze every parameter but the ones ``trainable`` names; returns how many stay trainable.
+
+    ``"image-projection"`` keeps the parameters under the adapter's ``image_projection_prefixes``.
+
+    Raises:
+        ValueError: For an adapter that does not name its image projection.
+    """
+    check_choice(trainable, "trainable", "set_trainable", TRAINABLE)
+    params = list(model.module.named_parameters())
+    if trainable == "all":
+        for _, p in params:
+            p.requires_grad_(True)
+        return len(params)
+    prefixes = tuple(getattr(model, "image_projection_prefixes", ()) or ())
+    keep = [n for n, _ in params if n.startswith(prefixes)] if prefixes else []
+    if not keep:
+        raise ValueError(f"The model {getattr(model, 'name', type(model).__name__)!r} does not name its image "
+                         "projection (adapter attribute image_projection_prefixes), so trainable='image-projection' "
+                         "cannot be applied; use trainable='all'.")
+    for n, p in params:
+        p.requires_grad_(n in set(keep))
+    return len(keep)
 
 
 def _order_seed(seed: int, epoch: int, salt: int) -> np.random.Generator:
@@ -418,10 +456,12 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
         model = load_model(name, checkpoint=audited_dir, device=device)
     else:
         model = load_init_model(init_record, device=device)
+    trainable = opts.trainable or DEFAULT_TRAINABLE.get(method, "all")
+    set_trainable(model, trainable)
     out = Path(out_dir)
     # Everything besides the recipe that determines the run: resuming another set-up is refused.
     run_info = {"method": method, "start": start, "init": init_record,
-                "options": {**opts.to_dict(), "templates": list(templates)},
+                "options": {**opts.to_dict(), "templates": list(templates), "trainable": trainable},
                 "labelling": labelling.fingerprint() if labelling is not None else None}
     res = finetune(model, train_dataset, out, config, objective=objective, resume=resume, progress=progress,
                    init=init_record, epoch_order=epoch_order, run_info=run_info)
@@ -430,7 +470,8 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
     result = MitigationResult(method=method, start=start, checkpoint_dir=str(out),
                               audited_checkpoint=str(audited_dir.resolve()), discovery=discovery_path,
                               init=init_record, objective=getattr(objective, "name", method),
-                              options={**opts.to_dict(), "templates": list(templates), **extra_info},
+                              options={**opts.to_dict(), "templates": list(templates), "trainable": trainable,
+                                       **extra_info},
                               labelling=summary, finetune=res.to_dict())
     # Record what ran in the checkpoint's config.json (written by finetune; one atomic rewrite).
     cfg_path = out / "config.json"

@@ -44,6 +44,10 @@ class VisionLanguageModel(Protocol):
         embed_dim: D, the size of the joint embedding space.
         image_size: ``(H, W)`` of the tensors :meth:`preprocess` returns.
         module: The underlying ``torch.nn.Module``; its parameters are what fine-tuning trains.
+
+    Optional: ``image_projection_prefixes``, a tuple of parameter-name prefixes (as in
+    ``module.named_parameters()``) of the image tower's final projection, for methods that train
+    only that layer (CFR's recipe; ``ravl mitigate --trainable image-projection``).
     """
 
     name: str

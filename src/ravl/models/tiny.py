@@ -314,6 +314,9 @@ class TinyCLIPAdapter:
         torch.Size([1, 128])
     """
 
+    #: The image tower's pooling head (LayerNorm + Linear): what "train the projection only" trains.
+    image_projection_prefixes = ("visual_norm.", "visual_proj.")
+
     def __init__(self, module: TinyCLIP, name: str = "tiny"):
         self.name = name
         self.module = module
