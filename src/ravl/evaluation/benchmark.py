@@ -117,11 +117,16 @@ class BenchmarkConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BenchmarkConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        names = {f.name for f in fields(cls)}
-        extra = sorted(set(d) - names)
-        if extra:
-            raise ValueError(f"Unknown BenchmarkConfig field(s) {extra}; known: {sorted(names)}.")
-        return cls(**d)
+        return _strict_from_dict(cls, d)
+
+
+def _strict_from_dict(cls, d: Mapping[str, Any]):
+    """``cls(**d)`` for a config dataclass, naming unknown keys (e.g. a folder from another version)."""
+    names = {f.name for f in fields(cls)}
+    extra = sorted(set(d) - names)
+    if extra:
+        raise ValueError(f"Unknown {cls.__name__} field(s) {extra}; known: {sorted(names)}.")
+    return cls(**d)
 
 
 #: Default method list of the discovery grid: RaVL, its Table 2 ablations, Random, and every

@@ -39,7 +39,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from ravl.evaluation.benchmark import (
     _file_lock,
     _mean_ci,
     _read_rows,
+    _strict_from_dict,
     _thread_limits,
     grid,
 )
@@ -136,11 +137,7 @@ class MitigationBenchmarkConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MitigationBenchmarkConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        names = {f.name for f in fields(cls)}
-        extra = sorted(set(d) - names)
-        if extra:
-            raise ValueError(f"Unknown MitigationBenchmarkConfig field(s) {extra}; known: {sorted(names)}.")
-        return cls(**d)
+        return _strict_from_dict(cls, d)
 
 
 def _features_option(text: str):
