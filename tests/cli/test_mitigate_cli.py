@@ -120,7 +120,8 @@ def test_killed_mitigate_resumes_to_the_same_metrics(longer, tmp_path, capsys):
     from ravl.models import load_model
 
     s, ckpt, disc = longer
-    args = lambda out: _args(s, ckpt, disc, out, "--epochs", "2", "--eval-data", str(s.eval_dir))  # noqa: E731
+    args = lambda out: _args(s, ckpt, disc, out, "--epochs", "2", "--region-warmup-epochs", "0",  # noqa: E731
+                             "--eval-data", str(s.eval_dir))
     assert main(args(tmp_path / "ref")) == 0
     capsys.readouterr()
 

@@ -168,6 +168,10 @@ def test_resuming_another_set_up_is_refused(env, labelling, tmp_path):
     again = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, method="ravl", config=cfg,
                      labelling=labelling, options=MitigationOptions(lam=0.5), progress=False)
     assert again.resumed_from == (2, 0)  # the finished run, returned as is
+    assert again.options["region_warmup_epochs"] == 1  # from init: one epoch of the CLIP loss first
+    cont = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path / "cont", method="ravl",
+                    start="checkpoint", config=cfg, labelling=labelling, progress=False)
+    assert cont.options["region_warmup_epochs"] == 0
 
 
 def test_class_text_templates_come_from_discovery(env, labelling, tmp_path):

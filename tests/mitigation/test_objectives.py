@@ -359,6 +359,23 @@ def test_region_objective_value_and_weights():
     assert torch.allclose(out["loss"], want, atol=1e-6)
 
 
+def test_region_objective_warmup_epochs():
+    model, batch = FakeModel(), make_batch()
+    kw = dict(class_names=CLASSES, templates=TEMPLATES, region_embedder=roi_embedder, lam=0.5)
+    full = RegionAwareObjective(region_labels(), LABELS, **kw)(model, batch)
+    obj = RegionAwareObjective(region_labels(), LABELS, warmup_epochs=2, **kw)
+    for epoch, lam in ((0, 0.0), (1, 0.0), (2, 0.5), (5, 0.5)):
+        obj.set_epoch(epoch)
+        assert obj.current_lam == lam
+        out = obj(model, batch)
+        want = full["loss"] if lam else full["clip_loss"]  # the CLIP loss only during the warm-up
+        assert torch.allclose(out["loss"], want, atol=1e-6)
+    obj.load_state_dict({"epoch": 1})
+    assert obj.state_dict() == {"epoch": 1} and obj.current_lam == 0.0
+    with pytest.raises(ValueError, match="'warmup_epochs'"):
+        RegionAwareObjective(region_labels(), LABELS, warmup_epochs=-1, **kw)
+
+
 def test_region_objective_with_the_real_region_batch_on_the_fake_model():
     regions = pytest.importorskip("ravl.models.regions")
     if not hasattr(regions, "region_batch"):

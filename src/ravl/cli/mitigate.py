@@ -45,6 +45,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--region-mode", default=None, choices=["masked", "roi", "crop"],
                         help="region embedding mode (default: the discovery's)")
     parser.add_argument("--lam", type=float, default=1.0, help="weight λ of RaVL's region-aware terms")
+    parser.add_argument("--region-warmup-epochs", type=int, default=None,
+                        help="RaVL: first epochs with the CLIP loss only (default: 1 with --start init, 0 with "
+                             "--start checkpoint)")
     parser.add_argument("--tau", type=float, default=0.07, help="temperature of RaVL's region-aware terms")
     parser.add_argument("--eta", type=float, default=0.01, help="Group DRO step size (vl-gdro)")
     parser.add_argument("--trainable", default=None, choices=["all", "image-projection"],
@@ -145,6 +148,7 @@ def run(args) -> int:
         raise SystemExit(f"error: --assignment-quantile must be a number in [0, 1] or 'none'; got {args.assignment_quantile!r}")
     opts = MitigationOptions(features=_features(args.features), min_gap_ratio=args.min_gap_ratio,
                              assignment_quantile=quantile, region_mode=args.region_mode, lam=args.lam,
+                             region_warmup_epochs=args.region_warmup_epochs,
                              tau=args.tau, eta=args.eta, spurious_names=tuple(args.spurious_name),
                              templates=templates_from_args(args), trainable=args.trainable)
     train = load_dataset(args.data)

@@ -87,6 +87,10 @@ class MitigationOptions:
         region_mode: Region embedding mode for labelling and the RaVL loss (``None``: the
             discovery's, else ``"masked"``).
         lam: λ of the RaVL loss.
+        region_warmup_epochs: RaVL: epochs at the start with λ = 0 (CLIP loss only). ``None``:
+            1 with ``start="init"`` (the region embeddings of a fresh initialisation are
+            meaningless; measured in docs/mitigation.md), 0 with ``start="checkpoint"``; never
+            more than ``epochs - 1``.
         tau: Temperature of the RaVL loss.
         eta: Group DRO step size (VL-GDRO).
         spurious_names: Names of the spurious attribute for Spurious-Aware's L_ls (e.g.
@@ -106,6 +110,7 @@ class MitigationOptions:
     assignment_quantile: float | None = 0.05
     region_mode: str | None = None
     lam: float = 1.0
+    region_warmup_epochs: int | None = None
     tau: float = 0.07
     eta: float = 0.01
     spurious_names: tuple[str, ...] = ()
@@ -130,6 +135,8 @@ class MitigationOptions:
         if self.assignment_quantile is not None:
             check_float(self.assignment_quantile, "assignment_quantile", c, low=0, high=1)
         check_float(self.lam, "lam", c, low=0)
+        if self.region_warmup_epochs is not None:
+            check_int(self.region_warmup_epochs, "region_warmup_epochs", c, low=0)
         check_float(self.tau, "tau", c, low=0, closed="neither")
         check_float(self.eta, "eta", c, low=0)
         object.__setattr__(self, "spurious_names", tuple(self.spurious_names))
@@ -425,8 +432,12 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
             return torch.from_numpy(O.group_balanced_indices(groups, random_state=_order_seed(seed, epoch, 1)))
     elif method == "ravl":
         mode = opts.region_mode or labelling.region_mode
+        warm = opts.region_warmup_epochs
+        warm = (1 if start == "init" else 0) if warm is None else warm
+        warm = min(warm, config.epochs - 1)
+        extra_info["region_warmup_epochs"] = warm
         objective = O.RegionAwareObjective(labelling.region_labels, labels, class_names=classes, lam=opts.lam,
-                                           tau=opts.tau, region_mode=mode, **kw_t)
+                                           tau=opts.tau, region_mode=mode, warmup_epochs=warm, **kw_t)
     elif method == "vl-erm":
         objective = O.VLERMObjective(labels, class_names=classes, **kw_t)
     elif method in ("vl-gdro", "spurious-aware"):
@@ -461,7 +472,7 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
     out = Path(out_dir)
     # Everything besides the recipe that determines the run: resuming another set-up is refused.
     run_info = {"method": method, "start": start, "init": init_record,
-                "options": {**opts.to_dict(), "templates": list(templates), "trainable": trainable},
+                "options": {**opts.to_dict(), "templates": list(templates), "trainable": trainable, **extra_info},
                 "labelling": labelling.fingerprint() if labelling is not None else None}
     res = finetune(model, train_dataset, out, config, objective=objective, resume=resume, progress=progress,
                    init=init_record, epoch_order=epoch_order, run_info=run_info)

@@ -174,6 +174,10 @@ class RegionAwareConfig(_ConfigMixin):
         alignment_weight: Weight of L_A inside the λ term.
         label_negatives: ``"distinct"`` or ``"rows"`` (see
             :func:`~ravl.mitigation.losses.region_aware_loss`).
+        warmup_epochs: Epochs at the start with λ = 0 (the CLIP loss only), so that the region
+            embeddings mean something before the region terms act on them; needed when training
+            starts from a random initialisation (docs/mitigation.md), not from a fine-tuned or
+            pretrained model. Counted with :meth:`RegionAwareObjective.set_epoch`.
     """
 
     class_names: tuple[str, ...]
@@ -185,9 +189,11 @@ class RegionAwareConfig(_ConfigMixin):
     region_weight: float = 1.0
     alignment_weight: float = 1.0
     label_negatives: str = "distinct"
+    warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         c = "RegionAwareConfig"
+        check_int(self.warmup_epochs, "warmup_epochs", c, low=0)
         self._init_prompts(c)
         check_float(self.lam, "lam", c, low=0)
         check_float(self.tau, "tau", c, low=0, closed="neither")
@@ -623,6 +629,22 @@ class RegionAwareObjective(_PromptObjective):
         self._boxes = torch.from_numpy(region_labels.boxes_norm[order].copy())
         self._spurious = torch.from_numpy(region_labels.is_spurious[order].copy())
         self._region_embedder = region_embedder
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the 0-based epoch (the training loop calls it): λ is 0 before ``warmup_epochs``."""
+        self.epoch = check_int(epoch, "epoch", "RegionAwareObjective.set_epoch", low=0)
+
+    @property
+    def current_lam(self) -> float:
+        """λ at the current epoch (0 during the warm-up epochs)."""
+        return 0.0 if self.epoch < self.config.warmup_epochs else float(self.config.lam)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.set_epoch(int(state.get("epoch", 0)))
 
     def _batch_regions(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows (in the sorted order) of the batch's regions and the batch row of each."""
@@ -648,7 +670,8 @@ class RegionAwareObjective(_PromptObjective):
         labels = self._labels(batch, img.device)
         idx = self._indices(batch)
         sel, rows = self._batch_regions(idx)
-        if cfg.lam > 0 and len(sel):
+        lam = self.current_lam
+        if lam > 0 and len(sel):
             boxes = torch.cat([torch.from_numpy(rows).to(self._boxes.dtype)[:, None], self._boxes[sel]], dim=1)
             emb = self._embed(model, pixels, boxes.to(device=pixels.device, dtype=pixels.dtype))
             ra = region_aware_loss(emb, torch.from_numpy(rows).to(img.device), self._spurious[sel].to(img.device),
@@ -657,7 +680,7 @@ class RegionAwareObjective(_PromptObjective):
             l_r, l_a = ra["region_loss"], ra["alignment_loss"]
         else:
             l_r = l_a = l_clip.new_zeros(())
-        loss = cfg.clip_weight * l_clip + cfg.lam * (cfg.region_weight * l_r + cfg.alignment_weight * l_a)
+        loss = cfg.clip_weight * l_clip + lam * (cfg.region_weight * l_r + cfg.alignment_weight * l_a)
         return {"loss": loss, "clip_loss": l_clip, "region_loss": l_r, "alignment_loss": l_a}
 
 
