@@ -164,3 +164,16 @@ def test_killed_mitigate_resumes_to_the_same_metrics(longer, tmp_path, capsys):
     a, b = load_model("tiny", checkpoint=out).module.state_dict(), load_model("tiny", checkpoint=tmp_path / "ref")
     for k, v in b.module.state_dict().items():
         torch.testing.assert_close(a[k], v, rtol=0, atol=0)
+
+
+def test_mitigate_init_from_given_weights(tiny, tmp_path, capsys):
+    from ravl.models import load_model, save_checkpoint
+
+    s, ckpt, disc = tiny
+    start = save_checkpoint(load_model("tiny", seed=3), tmp_path / "pretrained")
+    out = tmp_path / "erm"
+    assert main(_args(s, ckpt, disc, out, "--method", "vl-erm", "--init", str(start))) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["init"] == {"model": "tiny", "checkpoint": str(start.resolve())}
+    with pytest.raises(SystemExit):
+        main(_args(s, ckpt, disc, tmp_path / "x", "--init", str(start), "--init-seed", "1"))

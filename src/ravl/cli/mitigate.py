@@ -26,6 +26,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output checkpoint folder")
     parser.add_argument("--start", default="init", choices=["init", "checkpoint"],
                         help="start from the original fine-tuning's initial weights, or from the audited checkpoint")
+    parser.add_argument("--init", default=None, metavar="WEIGHTS",
+                        help="with --start init: the weights the original fine-tuning started from (a ravl checkpoint "
+                             "folder or the backend's weights for --model), when the audited checkpoint records none "
+                             "or you want another")
     parser.add_argument("--init-seed", type=int, default=None,
                         help="with --start init: tiny CLIP seed to start from when the checkpoint records no 'init'")
     parser.add_argument("--eval-data", default=None,
@@ -140,7 +144,13 @@ def run(args) -> int:
     if args.val_split is not None:
         over["val_split"] = None if args.val_split.lower() == "none" else args.val_split
     cfg = replace(cfg, **over)
-    init = {"model": name, "checkpoint": None, "seed": args.init_seed} if args.init_seed is not None else None
+    if args.init is not None and args.init_seed is not None:
+        raise SystemExit("error: give --init (starting weights) or --init-seed (a fresh tiny CLIP), not both")
+    init = None
+    if args.init is not None:
+        init = {"model": name, "checkpoint": str(Path(args.init).resolve()) if Path(args.init).exists() else args.init}
+    elif args.init_seed is not None:
+        init = {"model": name, "checkpoint": None, "seed": args.init_seed}
     q = str(args.assignment_quantile).strip().lower()
     try:
         quantile = None if q == "none" else float(q)
