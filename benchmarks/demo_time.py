@@ -45,7 +45,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"ravl demo failed with exit code {proc.returncode}")
         d = json.loads((work / "demo" / "demo.json").read_text())
         runs.append({"wall_s": round(wall, 1), "stage_seconds": d.get("stage_seconds", {}),
-                     "mitigation": d.get("mitigation"), "discovery": d.get("discovery")})
+                     "mitigation": d.get("mitigation"), "discovery": d.get("discovery"),
+                     "stdout": proc.stdout})
         shutil.rmtree(work, ignore_errors=True)
         print(f"run {k + 1}/{args.repeats}: {wall:.0f} s", flush=True)
 

@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "check_setting_validity": "ravl.evaluation.metrics",
     # discovery
     "discover": "ravl.discovery",
+    "discover_from_model": "ravl.discovery.pipeline",
     "DiscoveryResult": "ravl.discovery",
     "precision_at_k": "ravl.discovery",
     # mitigation

@@ -80,6 +80,24 @@ def test_interrupted_run_resumes_to_identical_weights(train_ds, tmp_path):
             torch.testing.assert_close(model.module.state_dict()[k], v, rtol=0, atol=0)
 
 
+def test_load_record_is_the_default_init_and_then_points_at_the_checkpoint(train_ds, tmp_path):
+    from ravl.models import load_model
+
+    model = _model()
+    assert model.load_record == {"model": "tiny", "checkpoint": None, "seed": 0}
+    finetune(model, train_ds, tmp_path / "a", FinetuneConfig(epochs=1, batch_size=64), progress=False)
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["init"] == {"model": "tiny", "checkpoint": None, "seed": 0}
+    # the weights are now the checkpoint's, so a second fine-tuning records that as its start
+    assert model.load_record == {"model": "tiny", "checkpoint": str((tmp_path / "a").resolve())}
+    reloaded = load_model(None, tmp_path / "a")
+    assert reloaded.load_record["checkpoint"] == str((tmp_path / "a").resolve())
+    # an explicit init wins
+    finetune(reloaded, train_ds, tmp_path / "b", FinetuneConfig(epochs=1, batch_size=64), progress=False,
+             init={"model": "tiny", "seed": 3})
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["init"] == {"model": "tiny", "seed": 3}
+
+
 def test_finished_run_is_not_repeated(train_ds, tmp_path):
     finetune(_model(), train_ds, tmp_path, FinetuneConfig(epochs=1, batch_size=64), progress=False)
     obj = _Interrupt(1)  # would raise if any step ran

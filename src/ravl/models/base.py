@@ -48,6 +48,11 @@ class VisionLanguageModel(Protocol):
     Optional: ``image_projection_prefixes``, a tuple of parameter-name prefixes (as in
     ``module.named_parameters()``) of the image tower's final projection, for methods that train
     only that layer (CFR's recipe; ``ravl mitigate --trainable image-projection``).
+
+    Set by ravl: ``load_record``, the :func:`load_model` arguments that rebuild the current
+    weights (``{"model": ..., "checkpoint": ..., **kwargs}``). :func:`ravl.finetune` records it
+    in the checkpoint as the run's starting point (what ``ravl mitigate`` restarts from) and then
+    points it at the checkpoint it wrote.
     """
 
     name: str
@@ -180,4 +185,26 @@ def load_model(name: str | None, checkpoint: str | Path | None = None, *,
     model = factory(name, checkpoint=checkpoint, **kwargs)
     if device is not None:
         model.to(device)
+    where = None if checkpoint is None else Path(checkpoint)
+    where = None if where is None else str(where.resolve() if where.exists() else where)
+    set_load_record(model, {"model": name, "checkpoint": where, **kwargs})
     return model
+
+
+def set_load_record(model, record: dict[str, Any] | None) -> None:
+    """Remember how to rebuild ``model``'s current weights (``model.load_record``).
+
+    Only JSON-ready records are kept (``None`` otherwise): the record goes into checkpoints.
+    Models that refuse new attributes are left alone.
+    """
+    import json
+
+    if record is not None:
+        try:
+            json.dumps(record)
+        except (TypeError, ValueError):
+            record = None
+    try:
+        model.load_record = record
+    except AttributeError:
+        pass

@@ -236,6 +236,8 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         progress: Show progress bars.
         init: Where the weights came from before fine-tuning (recorded in the checkpoint so that
             mitigation can restart from the same point), e.g. ``{"model": "tiny", "seed": 0}``.
+            Default: ``model.load_record``, which :func:`ravl.load_model` sets (and this
+            function points at ``out_dir`` once it returns, as the weights are then those).
         extra_state: Optional callable whose dict is saved with the resume state.
         epoch_order: ``epoch_order(epoch) -> LongTensor`` of training-split positions to visit in
             that epoch (e.g. group-balanced upsampling); it must be deterministic in ``epoch`` for
@@ -254,8 +256,12 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
     """
     from ravl.models.checkpoint import save_checkpoint
 
+    from ravl.models.base import set_load_record
+
     config = config or FinetuneConfig()
     objective = objective or ContrastiveObjective()
+    if init is None:
+        init = getattr(model, "load_record", None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -338,6 +344,7 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         resumed_from = (epoch, step_in_epoch)
         if epoch >= config.epochs:
             logger.info("%s already holds a finished run (%d epochs); nothing to do.", out, config.epochs)
+            set_load_record(model, {"model": model.name, "checkpoint": str(out.resolve())})
             return FinetuneResult(str(out), config, tuple(history), resumed_from)
         logger.info("Resuming %s at epoch %d, step %d.", out, epoch + 1, step_in_epoch)
 
@@ -414,4 +421,5 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         _save_state(out, snapshot())
         atomic_write_json(out / HISTORY_FILE, history)
         last_save = time.monotonic()
+    set_load_record(model, {"model": model.name, "checkpoint": str(out.resolve())})
     return FinetuneResult(str(out), config, tuple(history), resumed_from)
