@@ -116,6 +116,9 @@ def test_summary_means_intervals_thresholds_and_paired_deltas():
     md = format_mitigation_summary(s)
     assert "P@10 > 0.6 (n = 3)" in md and "| ravl | 90.0 ± 0.0 | 50.0 ± 24.8 | 90.0 ± 0.0 | – | 3 |" in md
     assert "| ravl | +0.0 ± 0.0 | +30.0 ± 24.8 |" in md
+    # rows appended out of order (a resumed run) still tabulate in the benchmark's method order
+    s2 = summarize_mitigation(rows[::-1])
+    assert [e["method"] for e in s2["thresholds"][0]["methods"]] == ["standard", "ravl"]
 
 
 def test_cli_writes_tables_and_chart(tiny_grid, capsys):

@@ -421,7 +421,10 @@ def summarize_mitigation(rows: Sequence[dict[str, Any]], *, thresholds: Sequence
         "n_settings", "n_valid", "baseline"}``.
     """
     valid = [r for r in rows if r.get("valid") and not r.get("skipped")]
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    seen = list(dict.fromkeys(r["method"] for r in rows))
+    # the benchmark's own order first (a resumed run may have appended rows out of order)
+    methods = [m for m in MITIGATION_BENCHMARK_METHODS if m in seen] + \
+              [m for m in seen if m not in MITIGATION_BENCHMARK_METHODS]
     out = {"baseline": baseline, "n_settings": len({r["setting"] for r in rows}),
            "n_valid": len({r["setting"] for r in rows if r.get("valid")}), "thresholds": []}
     base = {r["setting"]: r for r in valid if r["method"] == baseline}
