@@ -9,18 +9,16 @@ from ravl.cli import main
 from ravl.exceptions import RavlWarning
 
 
-@pytest.fixture(scope="module")
-def tiny(hand_discovery, tmp_path_factory):
+def _audited_setting(hand_discovery, root, **setting_kwargs):
+    """A synthetic setting, a 1-epoch audited checkpoint (resume state saved every step), a discovery."""
     from ravl.data.dataset import load_dataset
     from ravl.data.synthetic import make_spurious_benchmark
     from ravl.models import load_model
     from ravl.training.loop import FinetuneConfig, finetune
 
-    root = tmp_path_factory.mktemp("cli_mitigate")
-    with warnings.catch_warnings():  # 48 images cannot reach V = 0.95 exactly; fine here
+    with warnings.catch_warnings():  # tiny settings cannot reach V = 0.95 exactly; fine here
         warnings.simplefilter("ignore", RavlWarning)
-        s = make_spurious_benchmark(root / "setting", n_train=48, n_eval=40, val_fraction=0.0, random_state=0,
-                                    progress=False)
+        s = make_spurious_benchmark(root / "setting", progress=False, **setting_kwargs)
     ckpt = root / "audited"
     finetune(load_model("tiny", seed=0), load_dataset(s.train_dir), ckpt,
              FinetuneConfig(epochs=1, batch_size=16, val_split=None, checkpoint_interval_s=1e-9), progress=False,
@@ -28,6 +26,12 @@ def tiny(hand_discovery, tmp_path_factory):
     disc = root / "discovery.json"
     hand_discovery(s.eval_dir).to_json(disc)
     return s, ckpt, disc
+
+
+@pytest.fixture(scope="module")
+def tiny(hand_discovery, tmp_path_factory):
+    return _audited_setting(hand_discovery, tmp_path_factory.mktemp("cli_mitigate"), n_train=48, n_eval=40,
+                            val_fraction=0.0, random_state=0)
 
 
 def _args(s, ckpt, disc, out, *extra):
@@ -91,20 +95,8 @@ def test_mitigate_baseline_without_eval_and_errors(tiny, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def longer(hand_discovery, tmp_path_factory):
     """380 training images and an audited checkpoint whose recipe saves the resume state every step."""
-    from ravl.data.dataset import load_dataset
-    from ravl.data.synthetic import make_spurious_benchmark
-    from ravl.models import load_model
-    from ravl.training.loop import FinetuneConfig, finetune
-
-    root = tmp_path_factory.mktemp("cli_mitigate_kill")
-    s = make_spurious_benchmark(root / "setting", n_train=400, n_eval=80, random_state=1, progress=False)
-    ckpt = root / "audited"
-    finetune(load_model("tiny", seed=0), load_dataset(s.train_dir), ckpt,
-             FinetuneConfig(epochs=1, batch_size=16, val_split=None, checkpoint_interval_s=1e-9), progress=False,
-             init={"model": "tiny", "seed": 0, "checkpoint": None})
-    disc = root / "discovery.json"
-    hand_discovery(s.eval_dir).to_json(disc)
-    return s, ckpt, disc
+    return _audited_setting(hand_discovery, tmp_path_factory.mktemp("cli_mitigate_kill"), n_train=400, n_eval=80,
+                            random_state=1)
 
 
 def test_killed_mitigate_resumes_to_the_same_metrics(longer, tmp_path, capsys):
