@@ -92,6 +92,13 @@ def test_load_record_is_the_default_init_and_then_points_at_the_checkpoint(train
     assert model.load_record == {"model": "tiny", "checkpoint": str((tmp_path / "a").resolve())}
     reloaded = load_model(None, tmp_path / "a")
     assert reloaded.load_record["checkpoint"] == str((tmp_path / "a").resolve())
+    # resuming an interrupted run with the model loaded from that run's own folder keeps its start
+    steps_per_epoch = -(-sum(r.split == "train" for r in train_ds.records) // 64)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_model(), train_ds, tmp_path / "c", CFG, objective=_Interrupt(steps_per_epoch + 2), progress=False)
+    finetune(load_model(None, tmp_path / "c"), train_ds, tmp_path / "c", CFG, progress=False)
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["init"] == {"model": "tiny", "checkpoint": None,
+                                                                               "seed": 0}
     # an explicit init wins
     finetune(reloaded, train_ds, tmp_path / "b", FinetuneConfig(epochs=1, batch_size=64), progress=False,
              init={"model": "tiny", "seed": 3})

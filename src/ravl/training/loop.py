@@ -16,6 +16,7 @@ work. Rerunning the same call resumes from it; the data order of every epoch is 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -254,15 +255,20 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         DatasetError: When the training split is empty or lacks captions.
         CheckpointError: When ``out_dir`` holds the state of a run with another configuration.
     """
-    from ravl.models.checkpoint import save_checkpoint
-
     from ravl.models.base import set_load_record
+    from ravl.models.checkpoint import save_checkpoint
 
     config = config or FinetuneConfig()
     objective = objective or ContrastiveObjective()
+    out = Path(out_dir)
     if init is None:
         init = getattr(model, "load_record", None)
-    out = Path(out_dir)
+        if init is not None and init.get("checkpoint") == str(out.resolve()):
+            # the model was loaded from this very (partial) run: keep the start the run recorded
+            try:
+                init = json.loads((out / "config.json").read_text(encoding="utf-8")).get("init")
+            except (OSError, ValueError):
+                init = None
     out.mkdir(parents=True, exist_ok=True)
 
     try:
