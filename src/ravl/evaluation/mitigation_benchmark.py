@@ -238,8 +238,11 @@ def _stage1(spec: SettingSpec, work: Path, config: MitigationBenchmarkConfig, pr
 
 
 def _mitigate_one(spec: SettingSpec, work: Path, config: MitigationBenchmarkConfig, s1: _Stage1, method: str,
-                  labelling, progress: bool) -> tuple[dict[str, Any], Any]:
-    """Run one method (or reuse the audited model for ``standard``); returns (row fields, labelling)."""
+                  labelling, progress: bool, datasets: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Run one method (or reuse the audited model for ``standard``); returns (row fields, labelling).
+
+    ``datasets`` caches the setting's loaded ``"train"`` / ``"eval"`` datasets across methods.
+    """
     from dataclasses import replace
 
     from ravl.data.dataset import load_dataset
@@ -250,7 +253,6 @@ def _mitigate_one(spec: SettingSpec, work: Path, config: MitigationBenchmarkConf
     from ravl.training.loop import FinetuneConfig
 
     cfg = FinetuneConfig(epochs=config.epochs, batch_size=config.batch_size, seed=spec.seed)
-    ev = load_dataset(s1.setting.eval_dir)
     if method == "standard":
         # mitigate(method="standard", start="init") with the audited recipe reproduces the audited
         # fine-tuning bit for bit (tests/mitigation/test_api.py), so its metrics are the audited model's.
@@ -258,7 +260,9 @@ def _mitigate_one(spec: SettingSpec, work: Path, config: MitigationBenchmarkConf
                 "labelling_precision": None, "labelling_recall": None, "val_zero_shot_accuracy": None}, labelling
     if s1.n_features == 0:
         return {"start": None, "epochs": None, "skipped": "discovery found no feature"}, labelling
-    train = load_dataset(s1.setting.train_dir)
+    if not datasets:
+        datasets.update(train=load_dataset(s1.setting.train_dir), eval=load_dataset(s1.setting.eval_dir))
+    train, ev = datasets["train"], datasets["eval"]
     if labelling is None:
         from ravl.discovery import DiscoveryResult
 
@@ -311,10 +315,10 @@ def run_mitigation_setting(spec: SettingSpec, work_dir: str | os.PathLike,
                 "valid": bool(s1.validity["valid"]), "validity_gap": s1.validity["gap"],
                 "precision_at_10": s1.p_at_10, "discovered_class": s1.discovered_class,
                 "class_correct": s1.discovered_class == spec.spurious_class, "n_features": s1.n_features}
-        rows, timings, labelling = [], [], None
+        rows, timings, labelling, datasets = [], [], None, {}
         for m in todo:
             t1 = time.monotonic()
-            fields_, labelling = _mitigate_one(spec, work, config, s1, m, labelling, progress)
+            fields_, labelling = _mitigate_one(spec, work, config, s1, m, labelling, progress, datasets)
             rows.append({**base, "method": m, **fields_})
             timings.append({"setting": spec.key, "method": m, "method_seconds": round(time.monotonic() - t1, 3),
                             "setup_seconds": setup_s, "threads": config.threads, "pid": os.getpid()})
