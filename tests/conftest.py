@@ -76,6 +76,45 @@ def _hand_discovery(eval_dir, feature_attribute="red_square", split="val"):
 
 
 @pytest.fixture(scope="session")
+def mitigation_env(tmp_path_factory):
+    """A tiny mitigation setting: 32 training images, an audited checkpoint (1 short epoch), a
+    hand-built discovery.json whose feature is the planted red square.
+
+    ``{"setting", "train", "ckpt", "discovery", "root"}``.
+    """
+    from ravl.data.dataset import load_dataset
+    from ravl.data.synthetic import make_spurious_benchmark
+    from ravl.models import load_model
+    from ravl.training.loop import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("mitigation_setting")
+    s = make_spurious_benchmark(root / "setting", n_train=400, n_eval=200, random_state=0, progress=False)
+    ds = load_dataset(s.train_dir)
+    train_rows = [i for i, r in enumerate(ds.records) if r.split == "train"]
+    # 8 red-square images and 24 others, so that the feature is in the small split
+    red = [i for i in train_rows if "red_square" in ds.records[i].region_attributes]
+    rest = [i for i in train_rows if i not in set(red)]
+    small = ds.subset(indices=sorted(red[:8] + rest[:24]))
+    ckpt = root / "audited"
+    cfg = FinetuneConfig(epochs=1, batch_size=16, val_split=None, checkpoint_interval_s=1e-9)
+    finetune(load_model("tiny", seed=0), small, ckpt, cfg, progress=False,
+             init={"model": "tiny", "seed": 0, "checkpoint": None})
+    disc = root / "discovery.json"
+    _hand_discovery(s.eval_dir).to_json(disc)
+    return {"setting": s, "train": small, "ckpt": ckpt, "discovery": disc, "root": root}
+
+
+@pytest.fixture(scope="session")
+def mitigation_labelling(mitigation_env):
+    """The regions of ``mitigation_env``'s training split labelled with its discovery."""
+    from ravl.mitigation.labelling import label_regions
+    from ravl.models import load_model
+
+    env = mitigation_env
+    return label_regions(load_model("tiny", checkpoint=env["ckpt"]), env["train"], env["discovery"], progress=False)
+
+
+@pytest.fixture(scope="session")
 def hand_discovery():
     """``hand_discovery(eval_dir, feature_attribute="red_square", split="val") -> DiscoveryResult``."""
     return _hand_discovery

@@ -15,13 +15,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ravl._version import __version__
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     # models
     "load_model": "ravl.models.base",
     "list_models": "ravl.models.base",
+    "load_checkpoint": "ravl.models.base",
     "register_model": "ravl.models.base",
     "VisionLanguageModel": "ravl.models.base",
     "save_checkpoint": "ravl.models.checkpoint",
@@ -56,6 +57,8 @@ _EXPORTS: dict[str, str] = {
     "DatasetError": "ravl.exceptions",
     "DatasetValidationError": "ravl.exceptions",
     "ModelNotFoundError": "ravl.exceptions",
+    "InvalidParameterError": "ravl.exceptions",
+    "UnknownNameError": "ravl.exceptions",
     "MissingDependencyError": "ravl.exceptions",
     "CheckpointError": "ravl.exceptions",
     "RavlWarning": "ravl.exceptions",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __all__ = [
     "RavlError",
+    "InvalidParameterError",
+    "UnknownNameError",
     "DatasetError",
     "DatasetValidationError",
     "ModelNotFoundError",
@@ -19,6 +21,26 @@ __all__ = [
 
 class RavlError(Exception):
     """Base class of every error raised by ravl."""
+
+
+class InvalidParameterError(RavlError, ValueError, TypeError):
+    """A function or command got a parameter value it cannot use.
+
+    Raised by :mod:`ravl.utils.validation` in one message style ("The 'k' parameter of discover
+    must be an int in [1, inf). Got 0 instead."). It is both a ``ValueError`` and a
+    ``TypeError``, so callers can catch whichever matches the mistake they expect.
+    """
+
+
+class UnknownNameError(RavlError, KeyError, ValueError):
+    """A name was looked up in a registry (models, discovery or mitigation methods, features)
+    that does not hold it; the message lists what exists and suggests close matches.
+
+    A ``KeyError`` (a failed lookup) and a ``ValueError`` (a bad parameter value) at once.
+    """
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
 
 
 class DatasetError(RavlError, ValueError):
@@ -46,11 +68,8 @@ class DatasetValidationError(DatasetError):
         super().__init__("\n".join(lines))
 
 
-class ModelNotFoundError(RavlError, KeyError):
+class ModelNotFoundError(UnknownNameError):
     """An unknown model name was passed to :func:`ravl.load_model`."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
-        return str(self.args[0]) if self.args else ""
 
 
 class MissingDependencyError(RavlError, ImportError):

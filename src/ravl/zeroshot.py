@@ -15,13 +15,19 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from ravl.exceptions import DatasetError, InvalidParameterError
+from ravl.models.regions import DEFAULT_REGION_MODE, embed_images, embed_regions
 from ravl.utils.validation import check_choice, check_float
 
 __all__ = [
     "DEFAULT_TEMPLATES",
     "DIGIT_TEMPLATES",
     "ZeroShotResult",
+    "check_templates",
+    "prompt_tokens",
+    "prompt_embeddings",
     "class_text_embeddings",
     "zero_shot_classify",
     "read_templates",
@@ -54,8 +60,6 @@ def read_templates(path: str | Path) -> tuple[str, ...]:
     Raises:
         ValueError: When the file has no template or a line lacks the ``{}`` placeholder.
     """
-    from ravl.exceptions import DatasetError
-
     path = Path(path)
     if not path.exists() or path.is_dir():
         raise DatasetError(f"Template file {path} does not exist. Give a text file with one template "
@@ -74,38 +78,91 @@ def read_templates(path: str | Path) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
-    templates = DEFAULT_TEMPLATES if templates is None else tuple(templates)
+def check_templates(templates: Sequence[str] | None, caller: str = "zero_shot_classify") -> tuple[str, ...]:
+    """``templates`` as a tuple (``None``: :data:`DEFAULT_TEMPLATES`), each a string with ``{}``.
+
+    Raises:
+        InvalidParameterError: An empty list, or a template without the ``{}`` placeholder.
+    """
+    if templates is None:
+        return DEFAULT_TEMPLATES
+    if isinstance(templates, str) or not isinstance(templates, Sequence):
+        raise InvalidParameterError(f"The 'templates' parameter of {caller} must be a list of strings containing "
+                                    f"'{{}}'. Got {templates!r} instead.")
+    templates = tuple(templates)
     if not templates:
-        raise ValueError("The 'templates' parameter of zero_shot_classify must be a non-empty list of "
-                         "strings containing '{}'. Got an empty list instead.")
+        raise InvalidParameterError(f"The 'templates' parameter of {caller} must be a non-empty list of strings "
+                                    "containing '{}'. Got an empty list instead.")
     for t in templates:
         if not isinstance(t, str) or "{}" not in t:
-            raise ValueError(f"Every template must be a string containing '{{}}' (the class name). Got {t!r}.")
+            raise InvalidParameterError(f"Every template must be a string containing '{{}}' (the class name), e.g. "
+                                        f"'a photo of a {{}}'. Got {t!r}.")
     return templates
 
 
-@torch.no_grad()
-def class_text_embeddings(model, classes: Sequence[str], templates: Sequence[str] | None = None
-                          ) -> torch.Tensor:
-    """Prompt-ensemble class embeddings ``[C, D]`` (unit norm), on the model's device.
+def _check_names(names: Sequence[str], caller: str) -> tuple[str, ...]:
+    if isinstance(names, str) or not isinstance(names, Sequence) or not len(names):
+        raise InvalidParameterError(f"The 'classes' parameter of {caller} must list at least one class name. "
+                                    f"Got {names!r} instead.")
+    for n in names:
+        if not isinstance(n, str) or not n:
+            raise InvalidParameterError(f"The 'classes' parameter of {caller} must hold non-empty strings. "
+                                        f"Got {n!r}.")
+    return tuple(names)
+
+
+def prompt_tokens(model, names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Tokens ``[N * K, T]`` of every ``template.format(name)``, name-major (CPU)."""
+    return model.tokenize([t.format(n) for n in names for t in templates])
+
+
+def prompt_embeddings(model, names: Sequence[str], templates: Sequence[str] | None = None, *,
+                      tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit-norm text embeddings of every ``template.format(name)``: ``[N, K, D]``.
+
+    Differentiable: gradients flow when the caller has them enabled (the mitigation losses train
+    the text tower through this). float16 / bfloat16 outputs are promoted to float32.
+
+    Args:
+        model: A :class:`~ravl.models.VisionLanguageModel`.
+        names: N names (classes or attributes).
+        templates: K templates with a ``{}`` placeholder (default :data:`DEFAULT_TEMPLATES`).
+        tokens: Precomputed :func:`prompt_tokens` of the same names and templates (a cache).
+    """
+    names = _check_names(names, "prompt_embeddings")
+    templates = check_templates(templates, "prompt_embeddings")
+    if tokens is None:
+        tokens = prompt_tokens(model, names, templates)
+    emb = model.encode_text(tokens.to(model.device))
+    emb = F.normalize(emb if emb.dtype in (torch.float32, torch.float64) else emb.float(), dim=-1)
+    return emb.view(len(names), len(templates), -1)
+
+
+def class_text_embeddings(model, classes: Sequence[str], templates: Sequence[str] | None = None, *,
+                          grad: bool = False, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """The zero-shot classifier: prompt-ensemble class embeddings ``[C, D]`` (unit norm).
+
+    ``t_c = normalize(mean_k normalize(g(template_k(c))))`` on the model's device. This is the
+    one implementation of the class text in ravl: zero-shot scoring, discovery, evaluation and
+    every mitigation loss use it.
 
     Args:
         model: A :class:`~ravl.models.VisionLanguageModel`.
         classes: C class names, substituted into every template.
         templates: Prompt templates with a ``{}`` placeholder (default :data:`DEFAULT_TEMPLATES`).
+        grad: ``False`` (scoring): computed without gradients, with the model in eval mode
+            (restored afterwards), as float32. ``True`` (training): differentiable, the module's
+            mode untouched.
+        tokens: Precomputed :func:`prompt_tokens` (a cache for training loops).
     """
-    templates = _check_templates(templates)
-    if len(classes) == 0:
-        raise ValueError("The 'classes' parameter must list at least one class name.")
+    if grad:
+        return F.normalize(prompt_embeddings(model, classes, templates, tokens=tokens).mean(dim=1), dim=-1)
     was_training = model.module.training
     model.module.eval()
     try:
-        texts = [t.format(c) for c in classes for t in templates]
-        tokens = model.tokenize(texts).to(model.device)
-        emb = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
-        emb = emb.view(len(classes), len(templates), -1).mean(dim=1)
-        return torch.nn.functional.normalize(emb, dim=-1)
+        with torch.no_grad():
+            emb = prompt_embeddings(model, classes, templates, tokens=tokens).mean(dim=1)
+            return F.normalize(emb, dim=-1).float()
     finally:
         model.module.train(was_training)
 
@@ -165,25 +222,23 @@ def zero_shot_classify(model, inputs: Any, classes: Sequence[str], *,
         >>> res = ravl.zero_shot_classify(model, ds, ds.classes)  # doctest: +SKIP
         >>> res.accuracy(ds.label_indices)                        # doctest: +SKIP
     """
-    from ravl.models import regions as R
-
     temperature = check_float(temperature, "temperature", "zero_shot_classify", low=0, closed="neither")
     check_choice(level, "level", "zero_shot_classify", ("image", "region"))
     mode = None
     if isinstance(inputs, (np.ndarray, torch.Tensor)):
         emb = torch.as_tensor(np.asarray(inputs) if isinstance(inputs, np.ndarray) else inputs).float()
         if emb.ndim != 2:
-            raise ValueError(f"Precomputed embeddings must be a 2-d array [N, D]. Got shape {tuple(emb.shape)}.")
+            raise InvalidParameterError(f"Precomputed embeddings must be a 2-d array [N, D]. Got shape {tuple(emb.shape)}.")
     elif level == "region":
-        mode = region_mode or R.DEFAULT_REGION_MODE
-        emb = torch.from_numpy(R.embed_regions(model, inputs, mode=mode, batch_size=batch_size,
+        mode = region_mode or DEFAULT_REGION_MODE
+        emb = torch.from_numpy(embed_regions(model, inputs, mode=mode, batch_size=batch_size,
                                                progress=progress))
     else:
-        emb = torch.from_numpy(R.embed_images(model, inputs, batch_size=batch_size, progress=progress))
+        emb = torch.from_numpy(embed_images(model, inputs, batch_size=batch_size, progress=progress))
     text = class_text_embeddings(model, list(classes), templates).cpu()
     if emb.shape[1] != text.shape[1]:
-        raise ValueError(f"Embedding dimension {emb.shape[1]} does not match the model's text embedding "
-                         f"dimension {text.shape[1]}; were the embeddings computed with another model?")
+        raise InvalidParameterError(f"Embedding dimension {emb.shape[1]} does not match the model's text embedding "
+                                    f"dimension {text.shape[1]}; were the embeddings computed with another model?")
     emb = torch.nn.functional.normalize(emb, dim=-1)
     logits = emb @ text.T / temperature
     probs = torch.softmax(logits, dim=-1)

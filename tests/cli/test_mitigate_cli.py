@@ -40,7 +40,7 @@ def _args(s, ckpt, disc, out, *extra):
 
 
 def test_mitigate_prints_before_after_table_and_resumes(tiny, tmp_path, capsys, monkeypatch):
-    from ravl.mitigation.objectives import RegionAwareObjective
+    from ravl.mitigation import RegionAwareObjective
 
     s, ckpt, disc = tiny
     out = tmp_path / "ravl"
@@ -70,7 +70,7 @@ def test_mitigate_prints_before_after_table_and_resumes(tiny, tmp_path, capsys, 
     assert set(ev["after"]["metrics"]) == {"Image Overall", "Image Worst-Group", "Region Overall",
                                            "Region Worst-Group"}
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["mitigation"]["method"] == "ravl" and cfg["mitigation"]["options"]["lam"] == 0.5
+    assert cfg["mitigation"]["method"] == "ravl" and cfg["mitigation"]["method_config"]["lam"] == 0.5
     assert cfg["mitigation"]["discovery"] == str(disc.resolve())
     assert cfg["finetune"]["epochs"] == 1 and cfg["finetune"]["batch_size"] == 16  # the audited run's recipe
 
@@ -85,10 +85,10 @@ def test_mitigate_baseline_without_eval_and_errors(tiny, tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(_args(s, ckpt, disc, out, "--method", "nope"))
-    with pytest.raises(SystemExit):
-        main(["mitigate", "--data", str(s.train_dir), "--discovery", str(disc), "--out", str(out)])
+    assert main(["mitigate", "--data", str(s.train_dir), "--discovery", str(disc), "--out", str(out)]) == 2
+    assert "error: --checkpoint is required" in capsys.readouterr().err
     # a feature rank discovery does not have is a clear error
-    assert main(_args(s, ckpt, disc, tmp_path / "x", "--features", "3")) == 1
+    assert main(_args(s, ckpt, disc, tmp_path / "x", "--features", "3")) == 2
     assert "rank 3" in capsys.readouterr().err
 
 
@@ -167,5 +167,5 @@ def test_mitigate_init_from_given_weights(tiny, tmp_path, capsys):
     assert main(_args(s, ckpt, disc, out, "--method", "vl-erm", "--init", str(start))) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["init"] == {"model": "tiny", "checkpoint": str(start.resolve())}
-    with pytest.raises(SystemExit):
-        main(_args(s, ckpt, disc, tmp_path / "x", "--init", str(start), "--init-seed", "1"))
+    assert main(_args(s, ckpt, disc, tmp_path / "x", "--init", str(start), "--init-seed", "1")) == 2
+    assert "not both" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ravl.mitigation.losses import (
+from ravl.mitigation import (
     calibration_contrastive_loss,
     cfr_epoch_weight,
     group_dro_loss,

@@ -7,12 +7,11 @@ import pytest
 import torch
 
 from ravl.exceptions import CheckpointError, ModelNotFoundError
-from ravl.models import load_model
+from ravl.models import load_checkpoint, load_model
 from ravl.models.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     is_checkpoint,
-    load_checkpoint,
     read_checkpoint_config,
     save_checkpoint,
 )

@@ -10,25 +10,38 @@ import pytest
 import torch
 from PIL import Image
 
-from ravl.exceptions import MissingDependencyError, ModelNotFoundError
-from ravl.models import VisionLanguageModel, list_models, load_model, register_model
-from ravl.models.base import _REGISTRY
+from ravl.exceptions import InvalidParameterError, MissingDependencyError, ModelNotFoundError
+from ravl.models import MODELS, VisionLanguageModel, list_models, load_model, model_info, register_model
 
 OPTIONAL = ("open_clip", "transformers", "torchvision")
 
 
-def _offline_names():
-    # Exact names whose backend is in the core (prefix entries need an architecture or path).
-    return [i.name for i in list_models() if not i.name.endswith(":") and i.extra is None]
+def _battery_cases():
+    """Every exact name whose backend is in the core, and every entry with a small test instance.
+
+    Prefix entries (``open_clip:``, ``hf:``) need an architecture or a path, so they take part
+    through the ``test_instance`` their registration supplies.
+    """
+    cases = [pytest.param(n, None, id=n) for n in list_models()
+             if not n.endswith(":") and model_info(n).extra is None]
+    cases += [pytest.param(n, model_info(n).test_instance, id=f"{n}test-instance") for n in list_models()
+              if model_info(n).test_instance is not None]
+    return cases
 
 
 def test_list_models_has_builtin_and_prefixes():
-    names = [i.name for i in list_models()]
-    assert names == sorted(names)
+    names = list_models()
+    assert names[0] == "tiny" and all(isinstance(n, str) for n in names)
     assert {"tiny", "open_clip:", "hf:"} <= set(names)
-    info = {i.name: i for i in list_models()}
-    assert info["tiny"].extra is None and info["tiny"].description
-    assert info["open_clip:"].extra == "open_clip"
+    assert model_info("tiny").extra is None and model_info("tiny").description
+    assert model_info("open_clip:RN50") is model_info("open_clip:")
+    assert MODELS.describe()["tiny"] == model_info("tiny").description
+
+
+def test_duplicate_registration_needs_override():
+    with pytest.raises(InvalidParameterError, match="already registered; pass override=True"):
+        register_model("tiny")(lambda name, checkpoint=None: None)
+    assert model_info("tiny").factory is not None
 
 
 def test_unknown_name_suggests_close_matches():
@@ -37,7 +50,7 @@ def test_unknown_name_suggests_close_matches():
     msg = str(err.value)
     assert "Unknown model 'tiyn'" in msg and "Did you mean 'tiny'" in msg and "open_clip:" in msg
     assert isinstance(err.value, KeyError)
-    with pytest.raises(ModelNotFoundError, match="Known models"):
+    with pytest.raises(ModelNotFoundError, match="Registered: tiny"):
         load_model("completely-different")
 
 
@@ -58,18 +71,26 @@ def test_register_a_new_backend():
         m = load_model("test-backend", seed=2, device="cpu")
         assert m.name == "test-backend" and isinstance(m, VisionLanguageModel)
     finally:
-        _REGISTRY.pop("test-backend")
+        MODELS.unregister("test-backend")
 
 
-@pytest.mark.parametrize("name", _offline_names())
-def test_protocol_battery(name, tmp_path):
+@pytest.mark.parametrize(("name", "test_instance"), _battery_cases())
+def test_protocol_battery(name, test_instance, tmp_path):
     """What every adapter must do, checked only through the protocol."""
     from ravl.models.checkpoint import save_checkpoint
     from ravl.models.regions import REGION_MODES, embed_images, embed_regions
 
-    m = load_model(name, device="cpu")
+    if test_instance is None:
+        m = load_model(name, device="cpu")
+        assert m.name == name
+    else:
+        try:
+            m = test_instance()
+        except MissingDependencyError as exc:  # the backend's extra is not installed here
+            pytest.skip(str(exc))
+        assert m.name.startswith(name)
     assert isinstance(m, VisionLanguageModel)
-    assert m.name == name and isinstance(m.embed_dim, int) and m.embed_dim > 0
+    assert isinstance(m.embed_dim, int) and m.embed_dim > 0
     h, w = m.image_size
     assert isinstance(m.module, torch.nn.Module) and m.device.type == "cpu"
     json.dumps(m.config())
@@ -95,7 +116,7 @@ def test_protocol_battery(name, tmp_path):
         if mode != "roi":  # a full-image box in masked / crop mode is the image itself
             assert np.allclose(reg[[0, 1]], img, atol=1e-4)
     out = save_checkpoint(m, tmp_path / "ckpt")
-    again = load_model(None, checkpoint=out)
+    again = load_model(None, checkpoint=out).to("cpu")
     with torch.no_grad():
         assert torch.equal(again.encode_image(px), m.encode_image(px))
 

@@ -7,6 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from ravl.models import load_model
+from ravl.models.checkpoint import read_checkpoint_config
+from ravl.utils.io import atomic_write_json
+from ravl.zeroshot import read_templates
+
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, checkpoint_help: str | None = None) -> None:
     g = parser.add_argument_group("model")
@@ -18,8 +26,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, checkpoint_help: str
 
 
 def resolve_device(name: str) -> str:
-    import torch
-
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
@@ -27,12 +33,8 @@ def resolve_device(name: str) -> str:
 
 def model_from_args(args, **kwargs):
     """Load the model named by ``--model`` / ``--checkpoint`` on ``--device``."""
-    from ravl.models import load_model
-
     name = args.model
     if name is None and args.checkpoint and (Path(args.checkpoint) / "config.json").is_file():
-        from ravl.models.checkpoint import read_checkpoint_config
-
         name = read_checkpoint_config(args.checkpoint).get("model")
     return load_model(name or "tiny", checkpoint=args.checkpoint, device=resolve_device(args.device), **kwargs)
 
@@ -46,8 +48,6 @@ def add_data_class_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def templates_from_args(args):
-    from ravl.zeroshot import read_templates
-
     return read_templates(args.templates) if args.templates else None
 
 
@@ -66,14 +66,10 @@ def print_table(rows: list[list[Any]], header: list[str]) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    from ravl.utils.io import atomic_write_json
-
     atomic_write_json(path, json.loads(json.dumps(obj, default=_default)))
 
 
 def _default(o: Any):
-    import numpy as np
-
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):

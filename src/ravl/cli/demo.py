@@ -13,9 +13,20 @@ import time
 from pathlib import Path
 
 from ravl.cli._common import resolve_device, write_json
+from ravl.cli.discover import print_discovery
+from ravl.cli.evaluate import print_evaluation
+from ravl.cli.mitigate import before_after
+from ravl.data.dataset import load_dataset
+from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
+from ravl.discovery import precision_at_k
+from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
+from ravl.evaluation.metrics import check_setting_validity, evaluate
+from ravl.mitigation.api import MitigationOptions, mitigate
+from ravl.models import load_model
+from ravl.report import write_report
+from ravl.training.loop import FinetuneConfig, finetune
+from ravl.utils.io import atomic_write_json
 
-COMMAND = "demo"
-HELP = "build a red-square <-> 'nine' setting, fine-tune the tiny CLIP, show the shortcut, discover and fix it"
 DESCRIPTION = __doc__.strip().splitlines()[0] + " " + " ".join(__doc__.strip().splitlines()[1:]).strip()
 
 
@@ -35,13 +46,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ravl.cli.evaluate import print_evaluation
-    from ravl.data.dataset import load_dataset
-    from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
-    from ravl.evaluation.metrics import check_setting_validity, evaluate
-    from ravl.models import load_model
-    from ravl.training.loop import FinetuneConfig, finetune
-    
     out = Path(args.out)
     t0 = time.monotonic()
     progress = not args.quiet
@@ -90,12 +94,6 @@ def run(args) -> int:
     stage("evaluate")
     print()
     print("[4/5] RaVL discovery on the eval val split: which regions does the model tie to which class?")
-    from ravl.cli.discover import print_discovery
-    from ravl.discovery import precision_at_k
-    from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
-    from ravl.report import write_report
-    from ravl.utils.io import atomic_write_json
-
     inputs = discovery_inputs(model, ev, split="val", templates=CAPTION_TEMPLATES, progress=progress)
     disc = discover_on_inputs(inputs, random_state=args.seed, progress=progress,
                               meta={"model": "tiny", "checkpoint": str(out / "model"), "data": str(setting.eval_dir),
@@ -124,9 +122,6 @@ def run(args) -> int:
         print()
         print("[5/5] RaVL mitigation: fine-tune again from the same initialisation and recipe, adding the")
         print("      region-aware loss (the discovered regions as negatives, the other regions as the image)")
-        from ravl.cli.mitigate import before_after
-        from ravl.mitigation.api import MitigationOptions, mitigate
-
         mres = mitigate(out / "model", train, out / "discovery" / "discovery.json", out_dir=out / "mitigated",
                         method="ravl", options=MitigationOptions(templates=tuple(CAPTION_TEMPLATES)),
                         device=resolve_device(args.device), progress=progress)

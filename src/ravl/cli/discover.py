@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from ravl.cli._common import add_data_class_arguments, add_model_arguments, model_from_args, templates_from_args
+from ravl.cli._common import (
+    add_data_class_arguments,
+    add_model_arguments,
+    fmt,
+    model_from_args,
+    print_table,
+    templates_from_args,
+)
+from ravl.data.dataset import load_dataset
+from ravl.discovery import precision_at_k
+from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
+from ravl.discovery.registry import RAVL_METHODS, get_discovery_method
+from ravl.report import write_report
+from ravl.utils.io import atomic_write_json
 
-COMMAND = "discover"
-HELP = "discover region features the model spuriously ties to a class; writes discovery.json and report.html"
-DESCRIPTION = (HELP + ". Runs on a labelled evaluation split in which the correlation does not hold (default 'val').")
+DESCRIPTION = ("discover region features the model spuriously ties to a class; writes discovery.json and report.html. Runs on a labelled evaluation split in which the correlation does not hold (default 'val').")
 
 
 def add_arguments(parser) -> None:
@@ -37,8 +49,6 @@ def add_arguments(parser) -> None:
 
 def print_discovery(result, truth_p10: list[float] | None = None, max_features: int = 3) -> None:
     """Print the top discovered features and their per-class tables."""
-    from ravl.cli._common import fmt, print_table
-
     d = result.to_dict() if hasattr(result, "to_dict") else result
     feats = d.get("features", [])
     if not feats:
@@ -59,13 +69,6 @@ def print_discovery(result, truth_p10: list[float] | None = None, max_features: 
 
 
 def run(args) -> int:
-    from ravl.data.dataset import load_dataset
-    from ravl.discovery import precision_at_k
-    from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
-    from ravl.discovery.registry import RAVL_METHODS, get_discovery_method
-    from ravl.report import write_report
-    from ravl.utils.io import atomic_write_json
-
     method = get_discovery_method(args.method)  # unknown name: error listing the registered ones, before any work
     split = None if args.split == "all" else args.split
     ds = load_dataset(args.data, classes=args.classes, require_fields=("label",))
@@ -83,8 +86,6 @@ def run(args) -> int:
         result = method(inputs, random_state=args.seed, min_influence=args.influence_threshold, k_min=args.k_min,
                         k_max=args.k_max, progress=not args.quiet, meta=meta)
     else:
-        from dataclasses import replace
-
         result = method(inputs, random_state=args.seed)
         result = replace(result, meta={**meta, **result.meta})
     d = result.to_dict()

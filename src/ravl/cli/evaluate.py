@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ravl.cli._common import (add_data_class_arguments, add_model_arguments, fmt, model_from_args, print_table,
-                              templates_from_args, write_json)
+from ravl.cli._common import (
+    add_data_class_arguments,
+    add_model_arguments,
+    fmt,
+    model_from_args,
+    print_table,
+    templates_from_args,
+    write_json,
+)
+from ravl.data.dataset import load_dataset
+from ravl.evaluation.metrics import check_setting_validity, evaluate
 
-COMMAND = "evaluate"
-HELP = "zero-shot accuracy: overall, per class, per (class x spurious feature) group, worst group"
-DESCRIPTION = (HELP + ". Group metrics need 'region_attributes' in metadata.jsonl; the core region is the region "
+DESCRIPTION = ("zero-shot accuracy: overall, per class, per (class x spurious feature) group, worst group. Group metrics need 'region_attributes' in metadata.jsonl; the core region is the region "
                "whose attribute is the image's label.")
 
 
@@ -74,9 +81,6 @@ def print_evaluation(res, spurious_class: str | None = None) -> None:
 
 
 def run(args) -> int:
-    from ravl.data.dataset import load_dataset
-    from ravl.evaluation.metrics import check_setting_validity, evaluate
-
     split = None if args.split == "all" else args.split
     ds = load_dataset(args.data, classes=args.classes, require_fields=("label",))
     model = model_from_args(args)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ravl.cli._common import add_model_arguments, model_from_args, print_table
+from ravl.data.dataset import load_dataset
+from ravl.training.loop import FinetuneConfig, finetune
 
-COMMAND = "finetune"
-HELP = "fine-tune a model on image-caption pairs (symmetric InfoNCE), resumable"
-DESCRIPTION = (HELP + ". Writes OUT/model.safetensors + OUT/config.json after every epoch and a resume state; "
+DESCRIPTION = ("fine-tune a model on image-caption pairs (symmetric InfoNCE), resumable. Writes OUT/model.safetensors + OUT/config.json after every epoch and a resume state; "
                "rerun the same command after an interruption to continue where it stopped.")
 
 
@@ -27,9 +27,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ravl.data.dataset import load_dataset
-    from ravl.training.loop import FinetuneConfig, finetune
-
     ds = load_dataset(args.data)  # finetune() checks that every training row has a caption
     model_kwargs = {"seed": args.model_seed} if (args.model or "tiny") == "tiny" else {}
     model = model_from_args(args, **model_kwargs)

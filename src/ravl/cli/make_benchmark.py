@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
-COMMAND = "make-benchmark"
-HELP = "build a synthetic setting: a feature tied to one digit class with a chosen Cramér's V"
+from ravl.data.features import list_features
+from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
+from ravl.utils.io import atomic_write_text
+
 DESCRIPTION = (
     "Build a synthetic spurious-correlation setting (56x56 images of four 28x28 quadrants: a handwritten digit, "
     "maybe the spurious feature, black elsewhere). OUT/train is the fine-tuning set, where the feature co-occurs with "
@@ -17,8 +18,6 @@ DESCRIPTION = (
 
 
 def add_arguments(parser) -> None:
-    from ravl.data.features import list_features
-
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (train/, eval/, setting.json)")
     parser.add_argument("--spurious-class", default="nine",
                         help="class tied to the feature: a digit word (zero..nine) or a digit 0-9")
@@ -38,24 +37,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ravl.data.synthetic import make_spurious_benchmark
-
     t0 = time.monotonic()
-    try:
-        setting = make_spurious_benchmark(
-            args.out, spurious_class=args.spurious_class, feature=args.feature, cramers_v=args.cramers_v,
-            n_train=args.n_train, n_eval=args.n_eval, val_fraction=args.val_fraction, source=args.source,
-            image_size=args.image_size, random_state=args.seed, progress=not args.quiet)
-    except ValueError as exc:
-        from ravl.exceptions import RavlError
-
-        if isinstance(exc, RavlError):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from ravl.data.synthetic import CAPTION_TEMPLATES
-    from ravl.utils.io import atomic_write_text
-
+    setting = make_spurious_benchmark(
+        args.out, spurious_class=args.spurious_class, feature=args.feature, cramers_v=args.cramers_v,
+        n_train=args.n_train, n_eval=args.n_eval, val_fraction=args.val_fraction, source=args.source,
+        image_size=args.image_size, random_state=args.seed, progress=not args.quiet)
     templates = setting.root / "templates.txt"
     atomic_write_text(templates, "".join(t + "\n" for t in CAPTION_TEMPLATES))
     print(setting.summary())

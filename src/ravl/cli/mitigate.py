@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
-import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ravl.cli._common import add_model_arguments, fmt, print_table, resolve_device, templates_from_args
-from ravl.exceptions import RavlError
+from ravl.cli._methods import add_method_arguments, method_configs_from_args
+from ravl.data.dataset import load_dataset
+from ravl.evaluation.metrics import evaluate
+from ravl.exceptions import InvalidParameterError
+from ravl.mitigation.api import MitigationOptions, mitigate
+from ravl.mitigation.labelling import FEATURE_CHOICES
+from ravl.mitigation.registry import TRAINABLE, describe_mitigation_methods, list_mitigation_methods
+from ravl.models.base import load_model
+from ravl.models.checkpoint import read_checkpoint_config
+from ravl.models.regions import REGION_MODES
+from ravl.training.loop import FinetuneConfig
+from ravl.utils.io import atomic_write_json
 
-COMMAND = "mitigate"
-HELP = "fine-tune again so the model stops relying on the discovered feature (RaVL Stage 2), resumable"
-DESCRIPTION = (HELP + ". Labels the fine-tuning regions with the audited checkpoint and discovery.json, then "
+DESCRIPTION = ("fine-tune again so the model stops relying on the discovered feature (RaVL Stage 2), resumable. Labels the fine-tuning regions with the audited checkpoint and discovery.json, then "
                "fine-tunes from the original starting weights (--start init) or the audited ones "
                "(--start checkpoint). Rerun the same command after an interruption to continue.")
-
-#: Methods offered on the command line (ravl.mitigation.api.METHODS).
-METHOD_CHOICES = ["ravl", "standard", "upsample", "vl-erm", "vl-gdro", "spurious-aware", "cfr"]
-
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser, checkpoint_help="the audited checkpoint folder (the model `ravl discover` examined)")
     parser.add_argument("--data", required=True, help="fine-tuning dataset folder (captions and labels on train rows)")
     parser.add_argument("--discovery", required=True, help="discovery.json written by `ravl discover`")
-    parser.add_argument("--method", default="ravl", choices=METHOD_CHOICES)
+    parser.add_argument("--method", default="ravl", choices=list_mitigation_methods(),
+                        help="; ".join(f"{k}: {v}" for k, v in describe_mitigation_methods().items()))
     parser.add_argument("--out", required=True, help="output checkpoint folder")
     parser.add_argument("--start", default="init", choices=["init", "checkpoint"],
                         help="start from the original fine-tuning's initial weights, or from the audited checkpoint")
@@ -46,23 +52,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--assignment-quantile", default="0.05",
                         help="a training region joins a spurious cluster only if it is as close to the medoid as this "
                              "quantile of the cluster's own members in discovery; 'none': nearest medoid only")
-    parser.add_argument("--region-mode", default=None, choices=["masked", "roi", "crop"],
+    parser.add_argument("--region-mode", default=None, choices=list(REGION_MODES),
                         help="region embedding mode (default: the discovery's)")
-    parser.add_argument("--lam", type=float, default=1.0, help="weight λ of RaVL's region-aware terms")
-    parser.add_argument("--region-warmup-epochs", type=int, default=None,
-                        help="RaVL: first epochs with the CLIP loss only (default: 1 with --start init, 0 with "
-                             "--start checkpoint)")
-    parser.add_argument("--tau", type=float, default=0.07, help="temperature of RaVL's region-aware terms")
-    parser.add_argument("--eta", type=float, default=0.01, help="Group DRO step size (vl-gdro)")
-    parser.add_argument("--trainable", default=None, choices=["all", "image-projection"],
-                        help="train every parameter, or the image tower's final projection only (default: 'all'; "
-                             "'image-projection' for cfr, as its authors do)")
+    parser.add_argument("--trainable", default=None, choices=list(TRAINABLE),
+                        help="train every parameter, or the image tower's final projection only (default: the "
+                             "method's: 'image-projection' for cfr, as its authors do, else 'all')")
     parser.add_argument("--templates", default=None,
                         help="text file with one prompt template per line containing '{}' for the class text of the "
                              "losses and the before/after evaluation (default: the templates discovery scored with, "
                              "recorded in discovery.json)")
-    parser.add_argument("--spurious-name", action="append", default=[],
-                        help="name of the spurious attribute for spurious-aware's L_ls (repeatable)")
     g = parser.add_argument_group("fine-tuning (default: the audited checkpoint's recorded values)")
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None)
@@ -71,17 +69,28 @@ def add_arguments(parser) -> None:
     g.add_argument("--val-split", default=None, help="split validated after each epoch ('none' to skip)")
     parser.add_argument("--no-resume", action="store_true", help="ignore and overwrite an existing resume state")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_method_arguments(parser)
 
 
-def _features(text: str):
+def parse_features(text: str, flag: str = "--features"):
+    """``'class'``, ``'top'``, ``'all'`` or comma-separated ranks (``'1,2'`` -> ``(1, 2)``)."""
     t = str(text).strip().lower()
-    if t in ("class", "top", "all"):
+    if t in FEATURE_CHOICES:
         return t
     try:
         return tuple(int(p) for p in t.split(","))
     except ValueError:
-        raise SystemExit(f"error: --features must be 'class', 'top', 'all' or comma-separated ranks like '1,2'; "
-                         f"got {text!r}")
+        raise InvalidParameterError(f"{flag} must be 'class', 'top', 'all' or comma-separated ranks like '1,2'; "
+                                    f"got {text!r}") from None
+
+
+def parse_quantile(text: str, flag: str = "--assignment-quantile") -> float | None:
+    """A number in [0, 1] or ``'none'`` (``None``)."""
+    q = str(text).strip().lower()
+    try:
+        return None if q == "none" else float(q)
+    except ValueError:
+        raise InvalidParameterError(f"{flag} must be a number in [0, 1] or 'none'; got {text!r}") from None
 
 
 def default_eval_data(data: str | Path) -> Path | None:
@@ -97,11 +106,6 @@ def before_after(before_ckpt, after_ckpt, eval_dir, *, templates, method: str, m
                  progress: bool = True) -> dict:
     """Evaluate two checkpoints on ``eval_dir``, print the four metrics side by side and write
     ``AFTER/evaluation.json`` (read by the report); returns that dict."""
-    from ravl.data.dataset import load_dataset
-    from ravl.evaluation.metrics import evaluate
-    from ravl.models import load_model
-    from ravl.utils.io import atomic_write_json
-
     ds = load_dataset(eval_dir)
     res = {}
     for which, ckpt in (("before", before_ckpt), ("after", after_ckpt)):
@@ -125,15 +129,9 @@ def before_after(before_ckpt, after_ckpt, eval_dir, *, templates, method: str, m
 
 
 def run(args) -> int:
-    from dataclasses import replace
-
-    from ravl.data.dataset import load_dataset
-    from ravl.mitigation.api import MitigationOptions, mitigate
-    from ravl.models.checkpoint import read_checkpoint_config
-    from ravl.training.loop import FinetuneConfig
-
     if not args.checkpoint:
-        raise SystemExit("error: --checkpoint is required: the audited checkpoint folder that discovery examined")
+        raise InvalidParameterError("--checkpoint is required: the audited checkpoint folder that discovery examined")
+    method_config = method_configs_from_args(args, [args.method]).get(args.method)
     progress = not args.quiet
     device = resolve_device(args.device)
     ck = read_checkpoint_config(args.checkpoint)
@@ -145,33 +143,20 @@ def run(args) -> int:
         over["val_split"] = None if args.val_split.lower() == "none" else args.val_split
     cfg = replace(cfg, **over)
     if args.init is not None and args.init_seed is not None:
-        raise SystemExit("error: give --init (starting weights) or --init-seed (a fresh tiny CLIP), not both")
+        raise InvalidParameterError("give --init (starting weights) or --init-seed (a fresh tiny CLIP), not both")
     init = None
     if args.init is not None:
         init = {"model": name, "checkpoint": str(Path(args.init).resolve()) if Path(args.init).exists() else args.init}
     elif args.init_seed is not None:
         init = {"model": name, "checkpoint": None, "seed": args.init_seed}
-    q = str(args.assignment_quantile).strip().lower()
-    try:
-        quantile = None if q == "none" else float(q)
-    except ValueError:
-        raise SystemExit(f"error: --assignment-quantile must be a number in [0, 1] or 'none'; got {args.assignment_quantile!r}")
-    opts = MitigationOptions(features=_features(args.features), min_gap_ratio=args.min_gap_ratio,
-                             assignment_quantile=quantile, region_mode=args.region_mode, lam=args.lam,
-                             region_warmup_epochs=args.region_warmup_epochs,
-                             tau=args.tau, eta=args.eta, spurious_names=tuple(args.spurious_name),
-                             templates=templates_from_args(args), trainable=args.trainable)
+    opts = MitigationOptions(features=parse_features(args.features), min_gap_ratio=args.min_gap_ratio,
+                             assignment_quantile=parse_quantile(args.assignment_quantile),
+                             region_mode=args.region_mode, templates=templates_from_args(args),
+                             trainable=args.trainable)
     train = load_dataset(args.data)
-    try:
-        res = mitigate(args.checkpoint, train, args.discovery, out_dir=args.out, method=args.method,
-                       start=args.start, config=cfg, options=opts, model_name=name, init=init,
-                       eval_dataset=args.discovery_data, device=device, resume=not args.no_resume,
-                       progress=progress)
-    except ValueError as exc:  # e.g. a discovery without a feature, a feature rank it does not have
-        if isinstance(exc, RavlError):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    res = mitigate(args.checkpoint, train, args.discovery, out_dir=args.out, method=args.method, start=args.start,
+                   config=cfg, options=opts, method_config=method_config, model_name=name, init=init,
+                   eval_dataset=args.discovery_data, device=device, resume=not args.no_resume, progress=progress)
 
     lab = res.labelling
     if lab:

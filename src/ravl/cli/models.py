@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-COMMAND = "models"
-HELP = "list the model names load_model accepts"
+from ravl.models.base import list_models, model_info
 
 
 def add_arguments(parser) -> None:
@@ -11,9 +10,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ravl.models import list_models
-
-    for info in list_models():
+    for name in list_models():
+        info = model_info(name)
         extra = f"  [needs: pip install 'ravl[{info.extra}]']" if info.extra else ""
         print(f"{info.name:<12} {info.description}{extra}")
     return 0

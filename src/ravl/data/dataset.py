@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ravl.exceptions import DatasetError, DatasetValidationError, RavlWarning
+from ravl.exceptions import DatasetError, DatasetValidationError, InvalidParameterError, RavlWarning
 from ravl.utils.io import atomic_write_text
 from ravl.utils.progress import progress
 from ravl.utils.validation import check_choice, check_int
@@ -188,7 +188,7 @@ class RegionDataset:
         recs = []
         for i, r in enumerate(records):
             if not isinstance(r, ImageRecord):
-                raise TypeError(f"RegionDataset records must be ImageRecord instances. Got {type(r).__name__}.")
+                raise InvalidParameterError(f"RegionDataset records must be ImageRecord instances. Got {type(r).__name__}.")
             recs.append(r if r.index == i else dataclasses.replace(r, index=i))
         known = set(classes)
         unknown = sorted({r.label for r in recs if r.label is not None and r.label not in known})
@@ -235,7 +235,7 @@ class RegionDataset:
         if isinstance(i, slice):
             return self.subset(indices=range(len(self))[i])
         if not isinstance(i, numbers.Integral) or isinstance(i, bool):
-            raise TypeError(f"RegionDataset indices must be integers or slices, not {type(i).__name__}.")
+            raise InvalidParameterError(f"RegionDataset indices must be integers or slices, not {type(i).__name__}.")
         return self._records[int(i)]
 
     def __iter__(self) -> Iterator[ImageRecord]:
@@ -267,17 +267,17 @@ class RegionDataset:
             idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices)
             if idx.dtype == bool:
                 if idx.shape != (len(self),):
-                    raise ValueError(f"The 'indices' parameter of RegionDataset.subset must be a boolean mask of "
-                                     f"length {len(self)} or integer positions. Got a mask of shape {idx.shape}.")
+                    raise InvalidParameterError(f"The 'indices' parameter of RegionDataset.subset must be a boolean mask of "
+                                                f"length {len(self)} or integer positions. Got a mask of shape {idx.shape}.")
                 idx = np.flatnonzero(idx)
             if idx.size and not np.issubdtype(idx.dtype, np.integer):
-                raise ValueError("The 'indices' parameter of RegionDataset.subset must hold integer positions. "
-                                 f"Got dtype {idx.dtype} instead.")
+                raise InvalidParameterError("The 'indices' parameter of RegionDataset.subset must hold integer positions. "
+                                            f"Got dtype {idx.dtype} instead.")
             idx = idx.astype(np.int64).ravel()
             bad = idx[(idx < -len(self)) | (idx >= len(self))]
             if bad.size:
-                raise ValueError(f"The 'indices' parameter of RegionDataset.subset must hold positions in "
-                                 f"[{-len(self)}, {len(self)}). Got {int(bad[0])} instead.")
+                raise InvalidParameterError(f"The 'indices' parameter of RegionDataset.subset must hold positions in "
+                                            f"[{-len(self)}, {len(self)}). Got {int(bad[0])} instead.")
             records = [self._records[int(k)] for k in idx]
         if split is not None:
             wanted = set(_check_split_arg(split, "RegionDataset.subset"))
@@ -365,8 +365,8 @@ def parse_grid(text: str | Sequence[int]) -> tuple[int, int]:
     if isinstance(text, str):
         parts = text.lower().replace(" ", "").split("x")
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"The 'grid' parameter of parse_grid must be written 'ROWSxCOLS' like '2x2'. "
-                             f"Got {text!r} instead.")
+            raise InvalidParameterError(f"The 'grid' parameter of parse_grid must be written 'ROWSxCOLS' like '2x2'. "
+                                        f"Got {text!r} instead.")
         return _check_grid((int(parts[0]), int(parts[1])), "parse_grid")
     return _check_grid(text, "parse_grid")
 
@@ -412,38 +412,38 @@ def _json_default(o: Any) -> Any:
         return o.tolist()
     if isinstance(o, os.PathLike):
         return os.fspath(o)
-    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+    raise InvalidParameterError(f"Object of type {type(o).__name__} is not JSON serializable")
 
 
 def _check_grid(grid: Any, caller: str) -> tuple[int, int]:
     if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence) or len(grid) != 2:
-        raise ValueError(f"The 'grid' parameter of {caller} must be a pair (rows, cols) of ints >= 1. "
-                         f"Got {grid!r} instead.")
+        raise InvalidParameterError(f"The 'grid' parameter of {caller} must be a pair (rows, cols) of ints >= 1. "
+                                    f"Got {grid!r} instead.")
     return (check_int(grid[0], "grid[0]", caller, low=1), check_int(grid[1], "grid[1]", caller, low=1))
 
 
 def _check_classes(classes: Any, caller: str) -> tuple[str, ...]:
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
-        raise ValueError(f"The 'classes' parameter of {caller} must be a list of class-name strings. "
-                         f"Got {classes!r} instead.")
+        raise InvalidParameterError(f"The 'classes' parameter of {caller} must be a list of class-name strings. "
+                                    f"Got {classes!r} instead.")
     classes = tuple(classes)
     for c in classes:
         if not isinstance(c, str) or not c.strip():
-            raise ValueError(f"The 'classes' parameter of {caller} must hold non-empty strings. Got {c!r} instead.")
+            raise InvalidParameterError(f"The 'classes' parameter of {caller} must hold non-empty strings. Got {c!r} instead.")
     dup = [c for c, n in Counter(classes).items() if n > 1]
     if dup:
-        raise ValueError(f"The 'classes' parameter of {caller} must not repeat a name. Got {dup[0]!r} twice.")
+        raise InvalidParameterError(f"The 'classes' parameter of {caller} must not repeat a name. Got {dup[0]!r} twice.")
     return classes
 
 
 def _check_split_arg(split: Any, caller: str) -> tuple[str, ...]:
     if not isinstance(split, (str, Iterable)):
-        raise ValueError(f"The 'split' parameter of {caller} must be one of {SPLITS!r} or a list of them. "
-                         f"Got {split!r} instead.")
+        raise InvalidParameterError(f"The 'split' parameter of {caller} must be one of {SPLITS!r} or a list of them. "
+                                    f"Got {split!r} instead.")
     splits = (split,) if isinstance(split, str) else tuple(split)
     if not splits:
-        raise ValueError(f"The 'split' parameter of {caller} must be a split name or a non-empty list of them. "
-                         f"Got {split!r} instead.")
+        raise InvalidParameterError(f"The 'split' parameter of {caller} must be a split name or a non-empty list of them. "
+                                    f"Got {split!r} instead.")
     for s in splits:
         check_choice(s, "split", caller, SPLITS)
     return splits
@@ -569,7 +569,7 @@ def load_dataset(path: str | os.PathLike, *, split: str | Sequence[str] | None =
     """
     caller = "load_dataset"
     if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"The 'path' parameter of {caller} must be a folder path. Got {path!r} instead.")
+        raise InvalidParameterError(f"The 'path' parameter of {caller} must be a folder path. Got {path!r} instead.")
     grid = _check_grid(grid, caller)
     wanted_splits = _check_split_arg(split, caller) if split is not None else None
     explicit_classes = _check_classes(classes, caller) if classes is not None else None
@@ -579,7 +579,7 @@ def load_dataset(path: str | os.PathLike, *, split: str | Sequence[str] | None =
     for f in require:
         check_choice(f, "require_fields", caller, OPTIONAL_FIELDS)
     if not isinstance(check_images, bool):
-        raise ValueError(f"The 'check_images' parameter of {caller} must be a bool. Got {check_images!r} instead.")
+        raise InvalidParameterError(f"The 'check_images' parameter of {caller} must be a bool. Got {check_images!r} instead.")
 
     given = Path(path).expanduser()
     if given.suffix == ".jsonl" and not given.is_dir():

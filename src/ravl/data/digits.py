@@ -49,8 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
 
-from ravl.exceptions import DatasetError, MissingDependencyError
+from ravl.exceptions import DatasetError, InvalidParameterError, MissingDependencyError
 from ravl.utils.io import atomic_write
 from ravl.utils.validation import check_float, check_random_state
 
@@ -157,9 +159,9 @@ def parse_source(source: str) -> tuple[str, str | None]:
         if kind == "mnist-idx" and path:
             return "mnist-idx", path
         if kind == "mnist-idx":
-            raise ValueError("The 'source' parameter must name the folder of the MNIST IDX files after the colon, "
-                             f"like 'mnist-idx:/data/mnist'. Got {source!r} instead.")
-    raise ValueError(f"The 'source' parameter must be one of {_SOURCE_HELP}. Got {source!r} instead.")
+            raise InvalidParameterError("The 'source' parameter must name the folder of the MNIST IDX files after the colon, "
+                                        f"like 'mnist-idx:/data/mnist'. Got {source!r} instead.")
+    raise InvalidParameterError(f"The 'source' parameter must be one of {_SOURCE_HELP}. Got {source!r} instead.")
 
 
 def load_digit_source(source: str = "sklearn", *, cache: str | os.PathLike | None = None) -> DigitImages:
@@ -247,9 +249,6 @@ def load_sklearn_digits() -> DigitImages:
     of the upscaling into pen strokes) and centred in a 28x28 black frame, as MNIST centres its
     size-normalised 20x20 digits.
     """
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
     data = load_digits()
     small = np.asarray(data.images, dtype=np.float32) / 16.0
     out = np.zeros((small.shape[0], DIGIT_SIZE, DIGIT_SIZE), dtype=np.uint8)

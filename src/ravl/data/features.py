@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from collections.abc import Callable
@@ -35,9 +34,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ravl.data.attributes import EMPTY_ATTRIBUTE
+from ravl.data.digits import DIGIT_CLASSES
+from ravl.exceptions import InvalidParameterError
+from ravl.utils.registry import Registry
 from ravl.utils.validation import check_int
 
 __all__ = [
+    "FEATURES",
     "FeaturePainter",
     "SpuriousFeature",
     "register_feature",
@@ -51,7 +55,7 @@ FeaturePainter = Callable[[int], np.ndarray]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 #: Attribute words the synthetic images use for the other regions; a feature may not take them.
-_RESERVED = frozenset({"empty", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"})
+_RESERVED = frozenset({EMPTY_ATTRIBUTE, *DIGIT_CLASSES})
 
 
 @dataclass(frozen=True)
@@ -83,26 +87,28 @@ class SpuriousFeature:
         return _render_cached(self.name, self.painter, size).copy()
 
 
-_REGISTRY: dict[str, SpuriousFeature] = {}
+#: Every registered spurious feature.
+FEATURES: Registry[SpuriousFeature] = Registry(
+    "spurious feature", hint="New features are added with ravl.data.features.register_feature.")
 
 
 @functools.lru_cache(maxsize=64)
 def _render_cached(name: str, painter: FeaturePainter, size: int) -> np.ndarray:
     tile = np.asarray(painter(size))
     if tile.shape != (size, size, 3):
-        raise ValueError(f"The painter of feature {name!r} must return a [{size}, {size}, 3] array for size={size}. "
-                         f"Got shape {tuple(tile.shape)} instead.")
+        raise InvalidParameterError(f"The painter of feature {name!r} must return a [{size}, {size}, 3] array for size={size}. "
+                                    f"Got shape {tuple(tile.shape)} instead.")
     if tile.dtype != np.uint8:
         if not np.issubdtype(tile.dtype, np.number) or tile.min() < 0 or tile.max() > 255:
-            raise ValueError(f"The painter of feature {name!r} must return uint8 values in [0, 255]. "
-                             f"Got dtype {tile.dtype} instead.")
+            raise InvalidParameterError(f"The painter of feature {name!r} must return uint8 values in [0, 255]. "
+                                        f"Got dtype {tile.dtype} instead.")
         tile = np.round(tile).astype(np.uint8)
     tile.setflags(write=False)
     return tile
 
 
 def register_feature(name: str, painter: FeaturePainter | None = None, *, kind: str = "",
-                     description: str = "", overwrite: bool = False):
+                     description: str = "", override: bool = False):
     """Register a spurious-feature painter under ``name`` (usable as a decorator).
 
     Args:
@@ -112,16 +118,17 @@ def register_feature(name: str, painter: FeaturePainter | None = None, *, kind: 
             ``register_feature`` as a decorator.
         kind: Nature of the feature (``"colour"``, ``"shape"``, ``"texture"``, ...).
         description: One line saying what it looks like.
-        overwrite: Replace an existing feature of the same name instead of raising.
+        override: Replace an existing feature of the same name instead of raising.
 
     Returns:
         The painter (so the decorator leaves the function usable).
 
     Raises:
-        ValueError: When the name is malformed, reserved, or taken and ``overwrite`` is False.
+        InvalidParameterError: When the name is malformed, reserved, or taken and ``override``
+            is False.
 
     Example:
-        >>> @register_feature("blue_square", kind="colour", description="solid blue", overwrite=True)
+        >>> @register_feature("blue_square", kind="colour", description="solid blue", override=True)
         ... def _blue(size):
         ...     tile = np.zeros((size, size, 3), np.uint8)
         ...     tile[..., 2] = 255
@@ -130,19 +137,17 @@ def register_feature(name: str, painter: FeaturePainter | None = None, *, kind: 
         [0, 0, 255]
     """
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError("The 'name' parameter of register_feature must be a lower-case string of letters, digits, "
-                         f"'_' and '-' starting with a letter or digit. Got {name!r} instead.")
+        raise InvalidParameterError("The 'name' parameter of register_feature must be a lower-case string of letters, digits, "
+                                    f"'_' and '-' starting with a letter or digit. Got {name!r} instead.")
     if name in _RESERVED:
-        raise ValueError(f"The 'name' parameter of register_feature may not be {name!r}: the synthetic images use "
-                         "'empty' and the digit words as region attributes. Choose another name.")
+        raise InvalidParameterError(f"The 'name' parameter of register_feature may not be {name!r}: the synthetic images use "
+                                    "'empty' and the digit words as region attributes. Choose another name.")
 
     def _register(fn: FeaturePainter) -> FeaturePainter:
         if not callable(fn):
-            raise ValueError(f"The 'painter' parameter of register_feature must be callable. Got {fn!r} instead.")
-        if name in _REGISTRY and not overwrite:
-            raise ValueError(f"A spurious feature named {name!r} is already registered; pass overwrite=True to "
-                             "replace it or choose another name.")
-        _REGISTRY[name] = SpuriousFeature(name=name, painter=fn, kind=kind, description=description)
+            raise InvalidParameterError(f"The 'painter' parameter of register_feature must be callable. Got {fn!r} instead.")
+        FEATURES.register(name, SpuriousFeature(name=name, painter=fn, kind=kind, description=description),
+                          description=description, override=override)
         _render_cached.cache_clear()
         return fn
 
@@ -152,31 +157,18 @@ def register_feature(name: str, painter: FeaturePainter | None = None, *, kind: 
 
 
 def list_features() -> list[str]:
-    """Names of the registered spurious features, sorted."""
-    return sorted(_REGISTRY)
+    """Names of the registered spurious features, in registration order."""
+    return FEATURES.list()
 
 
 def get_feature(name: str) -> SpuriousFeature:
     """The registered feature called ``name``.
 
     Raises:
-        ValueError: When no feature has that name; the message lists the known features and
-            suggests close matches.
+        UnknownNameError: When no feature has that name; the message lists the known features
+            and suggests close matches (also a ``ValueError``).
     """
-    return _get_feature(name, "get_feature")
-
-
-def _get_feature(name: str, caller: str) -> SpuriousFeature:
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        pass
-    known = list_features()
-    close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5) if isinstance(name, str) else []
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"The 'feature' parameter of {caller} must be one of {{{', '.join(repr(k) for k in known)}}}. "
-                     f"Got {name!r} instead.{hint} New features are added with "
-                     "ravl.data.features.register_feature.")
+    return FEATURES.get(name)
 
 
 def render_feature(name: str, size: int = 28) -> np.ndarray:

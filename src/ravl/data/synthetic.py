@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import math
@@ -52,10 +53,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from ravl.data.attributes import EMPTY_ATTRIBUTE
+from ravl.data.dataset import grid_boxes, write_metadata
 from ravl.data.digits import DIGIT_CLASSES, DIGIT_SIZE, DigitImages, load_digit_source, parse_source, split_digit_pools
-from ravl.data.features import _get_feature, get_feature
-from ravl.exceptions import DatasetError, RavlWarning
+from ravl.data.features import FEATURES, get_feature
+from ravl.exceptions import DatasetError, InvalidParameterError, RavlWarning
 from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
 from ravl.utils.progress import progress as progress_bar
 from ravl.utils.validation import check_float, check_int, check_random_state
@@ -81,7 +85,6 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "the number is a {}",
 )
 #: Region attribute of a quadrant that shows nothing.
-EMPTY_ATTRIBUTE = "empty"
 #: File in the output folder that records the setting.
 SETTING_FILE = "setting.json"
 #: Bumped whenever the same parameters would produce different files; a folder built by an older
@@ -475,10 +478,6 @@ def _png_bytes(img: np.ndarray) -> bytes:
 
 def _write_folder(folder: Path, plan: _Plan, pool: DigitImages, feature: str, image_size: int,
                   *, desc: str, show: bool) -> None:
-    from PIL import Image
-
-    from ravl.data.dataset import grid_boxes, write_metadata
-
     q = image_size // 2
     digits = pool.images
     if q != DIGIT_SIZE:
@@ -528,26 +527,24 @@ def _check_class(spurious_class: Any) -> int:
             return DIGIT_CLASSES.index(s)
         if s.isdigit() and len(s) == 1:
             return int(s)
-    import difflib
-
     close = difflib.get_close_matches(str(spurious_class).lower(), DIGIT_CLASSES, n=2, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"The 'spurious_class' parameter of {_CALLER} must be a class name in "
-                     f"{{{', '.join(repr(c) for c in DIGIT_CLASSES)}}} or an index in [0, 9]. "
-                     f"Got {spurious_class!r} instead.{hint}")
+    raise InvalidParameterError(f"The 'spurious_class' parameter of {_CALLER} must be a class name in "
+                                f"{{{', '.join(repr(c) for c in DIGIT_CLASSES)}}} or an index in [0, 9]. "
+                                f"Got {spurious_class!r} instead.{hint}")
 
 
 def _resolve_seed(random_state: Any) -> tuple[int, bool]:
     """(integer seed, whether the caller fixed it)."""
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         if random_state < 0:
-            raise ValueError(f"The 'random_state' parameter of {_CALLER} must be None, an int >= 0 or a numpy "
-                             f"Generator. Got {random_state!r} instead.")
+            raise InvalidParameterError(f"The 'random_state' parameter of {_CALLER} must be None, an int >= 0 or a numpy "
+                                        f"Generator. Got {random_state!r} instead.")
         return int(random_state), True
     if random_state is None or isinstance(random_state, np.random.Generator):
         return int(check_random_state(random_state).integers(0, 2 ** 63 - 1)), False
-    raise ValueError(f"The 'random_state' parameter of {_CALLER} must be None, an int >= 0 or a numpy Generator. "
-                     f"Got {random_state!r} instead.")
+    raise InvalidParameterError(f"The 'random_state' parameter of {_CALLER} must be None, an int >= 0 or a numpy Generator. "
+                                f"Got {random_state!r} instead.")
 
 
 def _existing(out_dir: Path, params: dict[str, Any]) -> tuple[SpuriousSetting | None, str]:
@@ -618,19 +615,19 @@ def make_spurious_benchmark(out_dir: str | os.PathLike, *, spurious_class: str |
     """
     out_dir = Path(out_dir)
     c_index = _check_class(spurious_class)
-    _get_feature(feature, _CALLER)
+    FEATURES.get(feature, where=f"the 'feature' parameter of {_CALLER}")
     cramers_v = check_float(cramers_v, "cramers_v", _CALLER, low=0.0, high=1.0)
     n_classes = len(DIGIT_CLASSES)
     n_train = check_int(n_train, "n_train", _CALLER, low=2 * n_classes)
     n_eval = check_int(n_eval, "n_eval", _CALLER, low=2 * n_classes)
     val_fraction = check_float(val_fraction, "val_fraction", _CALLER, low=0.0, high=0.5)
     if not isinstance(source, str):
-        raise ValueError(f"The 'source' parameter of {_CALLER} must be a string. Got {source!r} instead.")
+        raise InvalidParameterError(f"The 'source' parameter of {_CALLER} must be a string. Got {source!r} instead.")
     parse_source(source)
     if not (isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool)
             and 8 <= image_size <= 1024 and image_size % 2 == 0):
-        raise ValueError(f"The 'image_size' parameter of {_CALLER} must be an even int in [8, 1024]. "
-                         f"Got {image_size!r} instead.")
+        raise InvalidParameterError(f"The 'image_size' parameter of {_CALLER} must be an even int in [8, 1024]. "
+                                    f"Got {image_size!r} instead.")
     image_size = int(image_size)
     seed, fixed = _resolve_seed(random_state)
 

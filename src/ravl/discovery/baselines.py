@@ -31,9 +31,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import balanced_accuracy_score, silhouette_score
+from sklearn.mixture import GaussianMixture
+from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import LinearSVC
+from threadpoolctl import threadpool_limits
 
+from ravl._version import __version__
 from ravl.discovery.core import score_clusters
 from ravl.discovery.result import ClassGap, DiscoveredFeature, DiscoveryConfig, DiscoveryResult, RankedRegion
+from ravl.exceptions import InvalidParameterError
 from ravl.utils.validation import check_choice, check_float, check_int, check_random_state
 
 __all__ = [
@@ -67,8 +76,6 @@ def _single_thread(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from threadpoolctl import threadpool_limits
-
         with threadpool_limits(limits=1):
             return fn(*args, **kwargs)
 
@@ -105,14 +112,14 @@ class _Arrays:
         self.boxes = None if boxes is None else np.asarray(boxes, dtype=np.float64)
         r, n, c = self.reg_emb.shape[0], self.y.size, len(self.classes)
         if self.reg_img.shape != (r,) or (r and (self.reg_img.min() < 0 or self.reg_img.max() >= n)):
-            raise ValueError(f"The 'region_image_index' input of {caller} must be [R] = [{r}] image positions in "
-                             f"[0, {n}).")
+            raise InvalidParameterError(f"The 'region_image_index' input of {caller} must be [R] = [{r}] image positions in "
+                                        f"[0, {n}).")
         if self.img_emb.shape[0] != n or self.img_prob.shape != (n, c) or self.yhat.shape != (n,):
-            raise ValueError(f"The image arrays given to {caller} must have N = {n} rows (image_embeddings, "
-                             f"image_predictions, image_probabilities [N, C = {c}]).")
+            raise InvalidParameterError(f"The image arrays given to {caller} must have N = {n} rows (image_embeddings, "
+                                        f"image_predictions, image_probabilities [N, C = {c}]).")
         if self.reg_prob.shape != (r, c):
-            raise ValueError(f"The 'region_probabilities' input of {caller} must have shape [R, C] = [{r}, {c}]. "
-                             f"Got {self.reg_prob.shape} instead.")
+            raise InvalidParameterError(f"The 'region_probabilities' input of {caller} must have shape [R, C] = [{r}, {c}]. "
+                                        f"Got {self.reg_prob.shape} instead.")
         if self.names is not None and len(self.names) != r:
             self.names = None
         if self.boxes is not None and self.boxes.shape != (r, 4):
@@ -200,8 +207,6 @@ def result_from_ranking(inputs: Any, features: Sequence[dict[str, Any]], method:
     Returns:
         A :class:`DiscoveryResult` (status ``"ok"`` with at least one feature, else ``"no_feature"``).
     """
-    from ravl import __version__
-
     classes = tuple(inputs.classes)
     emb = np.asarray(inputs.region_embeddings)
     r = emb.shape[0]
@@ -219,7 +224,7 @@ def result_from_ranking(inputs: Any, features: Sequence[dict[str, Any]], method:
         if regs.size == 0:
             continue
         if np.unique(regs).size != regs.size or regs.min() < 0 or regs.max() >= r:
-            raise ValueError(f"The ranked regions of {method} must be unique region indices in [0, {r}).")
+            raise InvalidParameterError(f"The ranked regions of {method} must be unique region indices in [0, {r}).")
         sim = f.get("similarity")
         sim = np.zeros(r) if sim is None else np.asarray(sim, dtype=np.float64)
         present = f.get("present")
@@ -308,16 +313,12 @@ def distilling_failures(inputs: Any, *, adaptation: str = "image", c_grid: Seque
     Returns:
         A :class:`DiscoveryResult`; region similarity = minus the SVM decision value.
     """
-    from sklearn.metrics import balanced_accuracy_score
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.svm import LinearSVC
-
     caller = "distilling_failures"
     rng = _check_common(caller, image_regions, random_state)
     check_int(cv_folds, "cv_folds", caller, low=2)
     grid = np.logspace(-6, 0, 7) if c_grid is None else np.asarray(list(c_grid), dtype=np.float64)
     if grid.size == 0 or (grid <= 0).any():
-        raise ValueError(f"The 'c_grid' parameter of {caller} must hold positive floats. Got {c_grid!r} instead.")
+        raise InvalidParameterError(f"The 'c_grid' parameter of {caller} must hold positive floats. Got {c_grid!r} instead.")
     t0 = time.perf_counter()
     a = _Arrays(inputs, adaptation, caller)
     mu, sd = a.emb.mean(0), a.emb.std(0)
@@ -384,8 +385,6 @@ def _reduce_2d(x: np.ndarray, reducer: str, n_neighbors: int, seed: int) -> tupl
         except ImportError:
             if reducer == "umap":
                 raise
-    from sklearn.decomposition import PCA
-
     return PCA(n_components=2, random_state=seed).fit_transform(x), "pca"
 
 
@@ -396,8 +395,6 @@ _GMM_REG_COVARS = (1e-6, 1e-4, 1e-2)
 
 def _fit_gmm(k: int, z: np.ndarray, seed: int):
     """``GaussianMixture(k, full covariance).fit(z)``, retried with a larger ``reg_covar`` when a component collapses."""
-    from sklearn.mixture import GaussianMixture
-
     for reg in _GMM_REG_COVARS:
         try:
             return GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=reg).fit(z)
@@ -438,9 +435,6 @@ def george(inputs: Any, *, adaptation: str = "image", n_components: int | str = 
     Returns:
         A :class:`DiscoveryResult`; region similarity = cosine to the cluster's direction.
     """
-    from sklearn.metrics import silhouette_score
-    from sklearn.mixture import GaussianMixture
-
     caller = "george"
     rng = _check_common(caller, image_regions, random_state)
     check_choice(reducer, "reducer", caller, ("auto", "umap", "pca"))
@@ -639,8 +633,6 @@ def domino(inputs: Any, *, adaptation: str = "image", n_slices: int = 25, n_pca_
     Returns:
         A :class:`DiscoveryResult`; region similarity = cosine to the slice's direction.
     """
-    from sklearn.decomposition import PCA
-
     caller = "domino"
     rng = _check_common(caller, image_regions, random_state)
     check_int(n_slices, "n_slices", caller, low=1)
@@ -699,9 +691,6 @@ def region_vocabulary(region_embeddings: np.ndarray, n_classes: int, *, n_attrib
     The number of attributes is ``n_attributes`` or, by default, the K in 2C..5C-1 (RaVL's range)
     with the highest silhouette (cosine, on at most ``sample_size`` regions).
     """
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
-
     rng = check_random_state(random_state)
     e = _unit(region_embeddings)
     r = e.shape[0]
@@ -762,8 +751,8 @@ def spurious_aware(inputs: Any, *, adaptation: str = "image", tags: Sequence | n
     else:
         t = np.asarray(tags)
         if t.shape != (r,):
-            raise ValueError(f"The 'tags' parameter of {caller} must hold one tag per region ([R] = [{r}]). "
-                             f"Got shape {t.shape} instead.")
+            raise InvalidParameterError(f"The 'tags' parameter of {caller} must hold one tag per region ([R] = [{r}]). "
+                                        f"Got shape {t.shape} instead.")
         _, tag_ids = np.unique(t.astype(str), return_inverse=True)
         vocab = "supplied"
     n_tags = int(tag_ids.max()) + 1 if r else 0

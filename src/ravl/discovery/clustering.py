@@ -49,7 +49,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from ravl.exceptions import InvalidParameterError
 from ravl.utils.progress import progress as _progress
 from ravl.utils.validation import check_int, check_random_state
 
@@ -171,10 +173,10 @@ def normalize_embeddings(embeddings: np.ndarray, *, caller: str = "discover",
     """
     x = np.asarray(embeddings)
     if x.ndim != 2 or x.shape[1] == 0:
-        raise ValueError(f"The '{name}' parameter of {caller} must be a 2-D array [n, D] with D >= 1. "
-                         f"Got shape {x.shape} instead.")
+        raise InvalidParameterError(f"The '{name}' parameter of {caller} must be a 2-D array [n, D] with D >= 1. "
+                                    f"Got shape {x.shape} instead.")
     if x.dtype == bool or not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise ValueError(f"The '{name}' parameter of {caller} must hold real numbers. Got dtype {x.dtype}.")
+        raise InvalidParameterError(f"The '{name}' parameter of {caller} must hold real numbers. Got dtype {x.dtype}.")
     out = np.empty(x.shape, dtype=dtype)
     step = 8192
     for a in range(0, x.shape[0], step):
@@ -182,12 +184,12 @@ def normalize_embeddings(embeddings: np.ndarray, *, caller: str = "discover",
         finite = np.isfinite(blk).all(axis=1)
         if not finite.all():
             bad = a + int(np.flatnonzero(~finite)[0])
-            raise ValueError(f"The '{name}' parameter of {caller} must be finite; row {bad} holds NaN or inf.")
+            raise InvalidParameterError(f"The '{name}' parameter of {caller} must be finite; row {bad} holds NaN or inf.")
         norms = np.sqrt(np.einsum("ij,ij->i", blk, blk))
         if (norms == 0).any():
             bad = a + int(np.flatnonzero(norms == 0)[0])
-            raise ValueError(f"The '{name}' parameter of {caller} must have no all-zero row (cosine distance "
-                             f"is undefined); row {bad} is all zeros.")
+            raise InvalidParameterError(f"The '{name}' parameter of {caller} must have no all-zero row (cosine distance "
+                                        f"is undefined); row {bad} is all zeros.")
         out[a:a + step] = blk / norms[:, None]
     return out
 
@@ -221,7 +223,7 @@ def resolve_seed(random_state) -> int:
     """
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         if not 0 <= int(random_state) < 2**32:
-            raise ValueError("The 'random_state' parameter must be None, an int in [0, 2**32) or a numpy "
+            raise InvalidParameterError("The 'random_state' parameter must be None, an int in [0, 2**32) or a numpy "
                              f"Generator. Got {random_state!r} instead.")
         return int(random_state)
     return int(check_random_state(random_state).integers(0, 2**32 - 1))
@@ -485,10 +487,10 @@ def _n_trials(k: int, n_local_trials: int | None) -> int:
 def _check_ks(k_values, n: int, caller: str) -> list[int]:
     ks = sorted({check_int(k, "k_values", caller, low=1) for k in k_values})
     if not ks:
-        raise ValueError(f"The 'k_values' parameter of {caller} must hold at least one K. Got none.")
+        raise InvalidParameterError(f"The 'k_values' parameter of {caller} must hold at least one K. Got none.")
     if ks[-1] > n:
-        raise ValueError(f"The 'k_values' parameter of {caller} must hold values of at most the number of "
-                         f"rows ({n}). Got {ks[-1]} instead.")
+        raise InvalidParameterError(f"The 'k_values' parameter of {caller} must hold values of at most the number of "
+                                    f"rows ({n}). Got {ks[-1]} instead.")
     return ks
 
 
@@ -802,8 +804,8 @@ def silhouette_scores(embeddings: np.ndarray, labelings: Sequence[np.ndarray], *
     for lab in labelings:
         lab = np.asarray(lab)
         if lab.shape != (e.shape[0],) or not np.issubdtype(lab.dtype, np.integer) or (lab < 0).any():
-            raise ValueError(f"Every labeling passed to {caller} must be [n] non-negative ints with n = "
-                             f"{e.shape[0]}. Got shape {lab.shape}, dtype {lab.dtype}.")
+            raise InvalidParameterError(f"Every labeling passed to {caller} must be [n] non-negative ints with n = "
+                                        f"{e.shape[0]}. Got shape {lab.shape}, dtype {lab.dtype}.")
         labs.append(lab.astype(np.int64))
     geom = _Geometry(e, block_size)
     part = max(labs, key=lambda x: int(np.unique(x).size)) if labs and not geom.nonnegative else None
@@ -856,8 +858,6 @@ def cluster_regions(embeddings: np.ndarray, k_values: Sequence[int], *, random_s
     if blas_threads is None:
         return _cluster_regions(embeddings, k_values, random_state, max_iter, n_local_trials, max_exact,
                                 sample_size, block_size, max_negative_pairs, progress, normalized)
-    from threadpoolctl import threadpool_limits
-
     with threadpool_limits(limits=int(blas_threads), user_api="blas"):
         return _cluster_regions(embeddings, k_values, random_state, max_iter, n_local_trials, max_exact,
                                 sample_size, block_size, max_negative_pairs, progress, normalized)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ravl._version import __version__
 from ravl.discovery.clustering import cluster_regions, normalize_embeddings, resolve_seed
 from ravl.discovery.result import (
     ClassGap,
@@ -25,7 +26,7 @@ from ravl.discovery.result import (
     KSweepEntry,
     RankedRegion,
 )
-from ravl.exceptions import RavlWarning
+from ravl.exceptions import InvalidParameterError, RavlWarning
 
 __all__ = [
     "DiscoveryWarning",
@@ -201,17 +202,17 @@ def _int_array(x: Any, name: str, length: int | None, low: int, high: int, hint:
     a = np.asarray(x)
     if a.ndim != 1 or (length is not None and a.shape[0] != length):
         want = f"[{length}]" if length is not None else "1-D"
-        raise ValueError(f"The '{name}' parameter of {_CALLER} must be a {want} array. Got shape {a.shape} "
-                         "instead.")
+        raise InvalidParameterError(f"The '{name}' parameter of {_CALLER} must be a {want} array. Got shape {a.shape} "
+                                    "instead.")
     if a.size and not np.issubdtype(a.dtype, np.integer):
         if np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
             a = a.astype(np.int64)
         else:
-            raise ValueError(f"The '{name}' parameter of {_CALLER} must hold integers. Got dtype {a.dtype}.")
+            raise InvalidParameterError(f"The '{name}' parameter of {_CALLER} must hold integers. Got dtype {a.dtype}.")
     a = a.astype(np.int64)
     bad = np.flatnonzero((a < low) | (a >= high))
     if bad.size:
-        raise ValueError(f"The '{name}' parameter of {_CALLER} must hold values in [{low}, {high}) ({hint}); "
+        raise InvalidParameterError(f"The '{name}' parameter of {_CALLER} must hold values in [{low}, {high}) ({hint}); "
                          f"{bad.size} do not, e.g. position {int(bad[0])} holds {int(a[bad[0]])}.")
     return a
 
@@ -220,25 +221,25 @@ def _check_inputs(region_embeddings, region_image_index, image_labels, image_pre
                   classes, image_probabilities, region_file_names, region_boxes):
     if isinstance(classes, str) or not isinstance(classes, Sequence) or not all(
             isinstance(c, str) for c in classes):
-        raise ValueError(f"The 'classes' parameter of {_CALLER} must be a sequence of class names (str). "
-                         f"Got {classes!r} instead.")
+        raise InvalidParameterError(f"The 'classes' parameter of {_CALLER} must be a sequence of class names (str). "
+                                    f"Got {classes!r} instead.")
     classes = tuple(classes)
     c = len(classes)
     if c < 1 or len(set(classes)) != c:
-        raise ValueError(f"The 'classes' parameter of {_CALLER} must hold at least one name, without "
-                         f"duplicates. Got {classes!r}.")
+        raise InvalidParameterError(f"The 'classes' parameter of {_CALLER} must hold at least one name, without "
+                                    f"duplicates. Got {classes!r}.")
     e = normalize_embeddings(region_embeddings, caller=_CALLER, name="region_embeddings")
     r = e.shape[0]
     q = np.asarray(region_probabilities, dtype=np.float64)
     if q.shape != (r, c):
-        raise ValueError(f"The 'region_probabilities' parameter of {_CALLER} must have shape [R, C] = [{r}, {c}] "
-                         f"(one row per region embedding, one column per class). Got {q.shape} instead.")
+        raise InvalidParameterError(f"The 'region_probabilities' parameter of {_CALLER} must have shape [R, C] = [{r}, {c}] "
+                                    f"(one row per region embedding, one column per class). Got {q.shape} instead.")
     if not np.isfinite(q).all():
-        raise ValueError(f"The 'region_probabilities' parameter of {_CALLER} must be finite.")
+        raise InvalidParameterError(f"The 'region_probabilities' parameter of {_CALLER} must be finite.")
     y_raw = np.asarray(image_labels)
     if y_raw.ndim != 1:
-        raise ValueError(f"The 'image_labels' parameter of {_CALLER} must be a 1-D array [N]. Got shape "
-                         f"{y_raw.shape} instead.")
+        raise InvalidParameterError(f"The 'image_labels' parameter of {_CALLER} must be a 1-D array [N]. Got shape "
+                                    f"{y_raw.shape} instead.")
     n = y_raw.shape[0]
     y = _int_array(y_raw, "image_labels", n, 0, c, "class indices into 'classes'")
     yhat = _int_array(image_predictions, "image_predictions", n, 0, c, "class indices into 'classes'")
@@ -247,8 +248,8 @@ def _check_inputs(region_embeddings, region_image_index, image_labels, image_pre
     if image_probabilities is not None:
         p = np.asarray(image_probabilities, dtype=np.float64)
         if p.shape != (n, c):
-            raise ValueError(f"The 'image_probabilities' parameter of {_CALLER} must have shape [N, C] = [{n}, {c}]. "
-                             f"Got {p.shape} instead.")
+            raise InvalidParameterError(f"The 'image_probabilities' parameter of {_CALLER} must have shape [N, C] = [{n}, {c}]. "
+                                        f"Got {p.shape} instead.")
         differ = int((p.argmax(axis=1) != yhat).sum())
         if differ:
             warnings.warn(f"image_predictions differ from argmax(image_probabilities) for {differ} of {n} images; "
@@ -257,14 +258,14 @@ def _check_inputs(region_embeddings, region_image_index, image_labels, image_pre
     if region_file_names is not None:
         names = [str(s) for s in region_file_names]
         if len(names) != r:
-            raise ValueError(f"The 'region_file_names' parameter of {_CALLER} must hold one file name per region "
-                             f"({r}). Got {len(names)} instead.")
+            raise InvalidParameterError(f"The 'region_file_names' parameter of {_CALLER} must hold one file name per region "
+                                        f"({r}). Got {len(names)} instead.")
     boxes = None
     if region_boxes is not None:
         boxes = np.asarray(region_boxes, dtype=np.float64)
         if boxes.shape != (r, 4):
-            raise ValueError(f"The 'region_boxes' parameter of {_CALLER} must have shape [R, 4] = [{r}, 4] "
-                             f"([x0, y0, x1, y1] pixels per region). Got {boxes.shape} instead.")
+            raise InvalidParameterError(f"The 'region_boxes' parameter of {_CALLER} must have shape [R, 4] = [{r}, 4] "
+                                        f"([x0, y0, x1, y1] pixels per region). Got {boxes.shape} instead.")
     return classes, e, q, y, yhat, img, names, boxes
 
 
@@ -274,13 +275,13 @@ def _make_config(config: DiscoveryConfig | Mapping[str, Any] | None, params: dic
     elif isinstance(config, Mapping):
         config = DiscoveryConfig.from_dict(config)
     elif not isinstance(config, DiscoveryConfig):
-        raise ValueError(f"The 'config' parameter of {_CALLER} must be a DiscoveryConfig, a dict or None. "
-                         f"Got {type(config).__name__} instead.")
+        raise InvalidParameterError(f"The 'config' parameter of {_CALLER} must be a DiscoveryConfig, a dict or None. "
+                                    f"Got {type(config).__name__} instead.")
     names = {f.name for f in fields(DiscoveryConfig)}
     unknown = sorted(set(params) - names)
     if unknown:
-        raise TypeError(f"{_CALLER}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-                        f"configuration keywords are: {', '.join(sorted(names))}.")
+        raise InvalidParameterError(f"{_CALLER}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                                    f"configuration keywords are: {', '.join(sorted(names))}.")
     return replace(config, **params) if params else config
 
 
@@ -346,8 +347,6 @@ def discover(region_embeddings: np.ndarray, region_image_index: np.ndarray, imag
         usable = f"K in {lo}..{n_fit - 1}" if lo <= n_fit - 1 else "no K"
         warnings.warn(f"The K range {lo}..{hi} exceeds what {n_fit} clustered regions allow (a silhouette needs "
                       f"K <= {n_fit - 1}); using {usable}.", DiscoveryWarning, stacklevel=2)
-    from ravl import __version__
-
     sweep = cluster_regions(e, range(lo, hi + 1), random_state=seed, max_iter=cfg.max_iter,
                             n_local_trials=cfg.n_local_trials, max_exact=cfg.max_exact, sample_size=cfg.sample_size,
                             block_size=cfg.block_size, max_negative_pairs=cfg.max_negative_pairs, progress=progress,

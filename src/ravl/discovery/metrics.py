@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable, Sequence
 
+from ravl.exceptions import InvalidParameterError
 from ravl.utils.validation import check_int
 
 __all__ = ["precision_at_k"]
@@ -44,19 +45,19 @@ def precision_at_k(ranked: Sequence[int] | Sequence[str], truth: str | Iterable[
     k = check_int(k, "k", caller, low=1)
     positives = {truth} if isinstance(truth, str) else set(truth)
     if not positives or not all(isinstance(t, str) for t in positives):
-        raise ValueError(f"The 'truth' parameter of {caller} must be an attribute name or a non-empty collection "
-                         f"of names. Got {truth!r} instead.")
+        raise InvalidParameterError(f"The 'truth' parameter of {caller} must be an attribute name or a non-empty collection "
+                                    f"of names. Got {truth!r} instead.")
     top = list(ranked)[:k]
     if region_attributes is not None:
         attrs = list(region_attributes)
         out = []
         for i in top:
             if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= int(i) < len(attrs):
-                raise ValueError(f"The 'ranked' parameter of {caller} must hold region indices in "
-                                 f"[0, {len(attrs)}) when region_attributes is given. Got {i!r}.")
+                raise InvalidParameterError(f"The 'ranked' parameter of {caller} must hold region indices in "
+                                            f"[0, {len(attrs)}) when region_attributes is given. Got {i!r}.")
             out.append(attrs[int(i)])
         top = out
     elif any(not isinstance(a, str) for a in top):
-        raise ValueError(f"The 'ranked' parameter of {caller} holds region indices; pass region_attributes to "
-                         "look up their ground truth, or pass the attributes themselves.")
+        raise InvalidParameterError(f"The 'ranked' parameter of {caller} holds region indices; pass region_attributes to "
+                                    "look up their ground truth, or pass the attributes themselves.")
     return sum(a in positives for a in top) / k

@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from ravl.data.dataset import load_dataset
+from ravl.discovery.core import discover
 from ravl.exceptions import DatasetError
+from ravl.models.regions import DEFAULT_REGION_MODE, embed_images, embed_regions
+from ravl.utils.io import atomic_write
+from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
 
 __all__ = ["DiscoveryInputs", "discovery_inputs", "discover_from_model"]
 
@@ -59,8 +64,6 @@ class DiscoveryInputs:
 
     def save(self, path) -> None:
         """Save the arrays to a ``.npz`` file (cache for benchmarks)."""
-        from ravl.utils.io import atomic_write
-
         def w(tmp):
             with open(tmp, "wb") as fh:
                 np.savez_compressed(
@@ -108,15 +111,10 @@ def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequ
         batch_size: Images per forward pass.
         progress: Show progress bars.
     """
-    from ravl.models.regions import DEFAULT_REGION_MODE, embed_images, embed_regions
-    from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
-
     ds = dataset.subset(split) if split else dataset
     if len(ds) == 0:
         raise DatasetError(f"Split {split!r} of {dataset.root} has no image; discovery needs labelled images.")
     if classes is not None and tuple(classes) != tuple(ds.classes):
-        from ravl.data.dataset import load_dataset
-
         ds = load_dataset(dataset.root, split=split, classes=list(classes), grid=dataset.grid)
     classes = tuple(ds.classes)
     labels = ds.label_indices
@@ -160,8 +158,6 @@ def discover_on_inputs(inputs: DiscoveryInputs, **discover_kwargs: Any):
     The result's ``meta`` records the inputs' ``region_mode`` and ``templates`` unless the
     caller's ``meta`` sets them (mitigation reads both from ``discovery.json``).
     """
-    from ravl.discovery import discover
-
     meta = {"region_mode": inputs.region_mode, **dict(discover_kwargs.pop("meta", None) or {})}
     if inputs.templates is not None:
         meta.setdefault("templates", list(inputs.templates))

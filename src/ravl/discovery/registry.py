@@ -22,21 +22,25 @@ n_components=25)``).
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ravl.exceptions import RavlError
+import ravl.discovery.baselines as baselines
+from ravl.discovery.pipeline import discover_on_inputs
+from ravl.exceptions import InvalidParameterError, UnknownNameError
+from ravl.utils.registry import Registry
 
 __all__ = [
     "RAVL_METHODS",
+    "DISCOVERY_METHODS",
     "UnknownDiscoveryMethodError",
     "DiscoveryMethod",
     "register_discovery_method",
     "get_discovery_method",
     "list_discovery_methods",
+    "describe_discovery_methods",
     "discovery_method_info",
 ]
 
@@ -45,11 +49,8 @@ __all__ = [
 RAVL_METHODS = ("ravl", "ravl_gap_only", "ravl_influence_only", "ravl_unweighted")
 
 
-class UnknownDiscoveryMethodError(RavlError, KeyError):
+class UnknownDiscoveryMethodError(UnknownNameError):
     """An unknown discovery method name was requested."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -62,57 +63,46 @@ class DiscoveryMethod:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
-_REGISTRY: dict[str, DiscoveryMethod] = {}
+#: Every registered discovery method, in registration order.
+DISCOVERY_METHODS: Registry[DiscoveryMethod] = Registry(
+    "discovery method", error=UnknownDiscoveryMethodError,
+    hint="New methods are added with ravl.discovery.registry.register_discovery_method.")
 
 
 def register_discovery_method(name: str, fn: Callable[..., Any] | None = None, *, description: str = "",
-                              overwrite: bool = False, **defaults: Any):
+                              override: bool = False, **defaults: Any):
     """Register a discovery method under ``name`` (as a decorator or a plain call).
 
     Args:
         name: The method's name (``ravl discover --method NAME``, benchmark ``--methods``).
         fn: ``fn(inputs, *, random_state=0, **kwargs) -> DiscoveryResult``; omit to use as a
             decorator.
-        description: One line shown by :func:`list_discovery_methods` and the CLI.
-        overwrite: Replace an existing registration (otherwise a ``ValueError``).
+        description: One line shown by :func:`describe_discovery_methods` and the CLI.
+        override: Replace an existing registration (otherwise an error).
         **defaults: Keyword arguments bound to ``fn`` for this name (call-time keywords win).
 
     Returns:
         ``fn`` unchanged (decorator use: the decorator).
 
     Raises:
-        ValueError: Empty name, or a name already registered without ``overwrite``.
-        TypeError: ``fn`` is not callable.
+        InvalidParameterError: Empty name, a name already registered without ``override``, or
+            ``fn`` not callable.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"The 'name' parameter of register_discovery_method must be a non-empty str. "
-                         f"Got {name!r} instead.")
 
     def deco(f: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(f):
-            raise TypeError(f"The 'fn' parameter of register_discovery_method must be callable. Got {f!r} instead.")
-        if name in _REGISTRY and not overwrite:
-            raise ValueError(f"A discovery method named {name!r} is already registered; pass overwrite=True to "
-                             "replace it, or choose another name.")
-        _REGISTRY[name] = DiscoveryMethod(name, f, description, dict(defaults))
+            raise InvalidParameterError(f"The 'fn' parameter of register_discovery_method must be callable. "
+                                        f"Got {f!r} instead.")
+        DISCOVERY_METHODS.register(name, DiscoveryMethod(name, f, description, dict(defaults)),
+                                   description=description, override=override)
         return f
 
     return deco if fn is None else deco(fn)
 
 
-def _unknown(name: Any) -> UnknownDiscoveryMethodError:
-    names = sorted(_REGISTRY)
-    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    return UnknownDiscoveryMethodError(f"Unknown discovery method {name!r}.{hint} Registered methods: "
-                                       f"{', '.join(names)}.")
-
-
 def discovery_method_info(name: str) -> DiscoveryMethod:
     """The :class:`DiscoveryMethod` registered under ``name`` (unknown: error with close matches)."""
-    if name not in _REGISTRY:
-        raise _unknown(name)
-    return _REGISTRY[name]
+    return DISCOVERY_METHODS.get(name)
 
 
 def get_discovery_method(name: str) -> Callable[..., Any]:
@@ -133,12 +123,14 @@ def get_discovery_method(name: str) -> Callable[..., Any]:
     return bound
 
 
-def list_discovery_methods(with_descriptions: bool = False) -> list[str] | dict[str, str]:
-    """Registered names, sorted (``with_descriptions``: a name -> description dict)."""
-    names = sorted(_REGISTRY)
-    if with_descriptions:
-        return {n: _REGISTRY[n].description for n in names}
-    return names
+def list_discovery_methods() -> list[str]:
+    """Registered names, in registration order."""
+    return DISCOVERY_METHODS.list()
+
+
+def describe_discovery_methods() -> dict[str, str]:
+    """``{name: description}`` of every registered method."""
+    return DISCOVERY_METHODS.describe()
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,8 +139,6 @@ def list_discovery_methods(with_descriptions: bool = False) -> list[str] | dict[
 
 def _ravl(scoring: str) -> Callable[..., Any]:
     def run(inputs, *, random_state: Any = 0, progress: bool = False, **kwargs: Any):
-        from ravl.discovery.pipeline import discover_on_inputs
-
         return discover_on_inputs(inputs, scoring=scoring, random_state=random_state, progress=progress, **kwargs)
 
     run.__name__ = f"ravl_{scoring}"
@@ -159,8 +149,6 @@ def _ravl(scoring: str) -> Callable[..., Any]:
 
 def _baseline(attr: str) -> Callable[..., Any]:
     def run(inputs, *, random_state: Any = 0, **kwargs: Any):
-        from ravl.discovery import baselines
-
         return getattr(baselines, attr)(inputs, random_state=random_state, **kwargs)
 
     run.__name__ = attr
@@ -174,17 +162,17 @@ def _register_builtins() -> None:
             ("ravl_gap_only", "gap_only", "RaVL ablation: spurious-pattern filter, ranked by gap, no influence"),
             ("ravl_influence_only", "influence_only", "RaVL ablation: influence filter and ranking, no gap"),
             ("ravl_unweighted", "unweighted", "RaVL ablation: class gaps without the balance weight")]:
-        register_discovery_method(name, _ravl(scoring), description=desc, overwrite=True)
-    register_discovery_method("random", _baseline("random_baseline"), overwrite=True,
+        register_discovery_method(name, _ravl(scoring), description=desc)
+    register_discovery_method("random", _baseline("random_baseline"),
                               description="Random: a uniform permutation of all regions")
     for attr, desc in [
             ("distilling_failures", "Distilling Failures (Jain et al. 2023): per-class linear SVM, correct vs wrong"),
             ("george", "George (Sohoni et al. 2020): per-class UMAP + GMM, worst cluster by summed loss"),
             ("domino", "Domino (Eyuboglu et al. 2022): error-aware mixture, slice by max(p_hat - p)"),
             ("spurious_aware", "Spurious-Aware Detection (Yang et al. 2023): attribute MI with error, by acc gap")]:
-        register_discovery_method(attr, _baseline(attr), overwrite=True, adaptation="image",
+        register_discovery_method(attr, _baseline(attr), adaptation="image",
                                   description=desc + " [A: image-then-region]")
-        register_discovery_method(f"{attr}_region", _baseline(attr), overwrite=True, adaptation="region",
+        register_discovery_method(f"{attr}_region", _baseline(attr), adaptation="region",
                                   description=desc + " [B: region-as-sample]")
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ravl.exceptions import InvalidParameterError
 from ravl.utils.io import atomic_write_json, read_json
 from ravl.utils.validation import check_choice, check_float, check_int
 
@@ -90,13 +91,13 @@ class DiscoveryConfig:
         if self.k_max is not None:
             check_int(self.k_max, "k_max", c, low=2)
         if self.k_min is not None and self.k_max is not None and self.k_max < self.k_min:
-            raise ValueError(f"The 'k_max' parameter of {c} must be >= k_min ({self.k_min}). "
-                             f"Got {self.k_max!r} instead.")
+            raise InvalidParameterError(f"The 'k_max' parameter of {c} must be >= k_min ({self.k_min}). "
+                                        f"Got {self.k_max!r} instead.")
         check_choice(self.scoring, "scoring", c, SCORINGS)
         check_float(self.min_influence, "min_influence", c)
         if self.require_spurious_pattern not in (None, True, False):
-            raise ValueError(f"The 'require_spurious_pattern' parameter of {c} must be None, True or False. "
-                             f"Got {self.require_spurious_pattern!r} instead.")
+            raise InvalidParameterError(f"The 'require_spurious_pattern' parameter of {c} must be None, True or False. "
+                                        f"Got {self.require_spurious_pattern!r} instead.")
         check_int(self.max_iter, "max_iter", c, low=0)
         if self.n_local_trials is not None:
             check_int(self.n_local_trials, "n_local_trials", c, low=1)
@@ -114,8 +115,8 @@ class DiscoveryConfig:
         hi = self.k_max if self.k_max is not None else 5 * n_classes - 1
         lo = max(lo, 2)
         if hi < lo:
-            raise ValueError(f"The K range of discover is empty: k_min = {lo} > k_max = {hi}. Set k_min and "
-                             "k_max (inclusive) in DiscoveryConfig.")
+            raise InvalidParameterError(f"The K range of discover is empty: k_min = {lo} > k_max = {hi}. Set k_min and "
+                                        "k_max (inclusive) in DiscoveryConfig.")
         return lo, hi
 
     @property
@@ -425,7 +426,7 @@ class DiscoveryResult:
         """Inverse of :meth:`to_dict`."""
         schema = d.get("schema", SCHEMA)
         if not str(schema).startswith("ravl.discovery/"):
-            raise ValueError(f"Not a ravl discovery result: schema {schema!r} (expected {SCHEMA!r}).")
+            raise InvalidParameterError(f"Not a ravl discovery result: schema {schema!r} (expected {SCHEMA!r}).")
         sil = d.get("silhouette")
         inertia = d.get("inertia")
         return cls(

@@ -1,9 +1,9 @@
 """Evaluation: zero-shot accuracy overall, per class and per group; the setting validity rule."""
 
 from ravl.evaluation.metrics import (
+    SUMMARY_METRICS,
     AccuracyReport,
     EvaluationResult,
-    SUMMARY_METRICS,
     GroupAccuracy,
     SettingValidity,
     check_setting_validity,

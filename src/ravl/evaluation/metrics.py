@@ -16,8 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ravl.exceptions import DatasetError, RavlWarning
+from ravl.data.attributes import infer_spurious_feature
+from ravl.data.dataset import load_dataset
+from ravl.exceptions import DatasetError, InvalidParameterError, RavlWarning
+from ravl.models.regions import DEFAULT_REGION_MODE
 from ravl.utils.validation import check_float
+from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
 
 __all__ = [
     "GroupAccuracy",
@@ -27,15 +31,11 @@ __all__ = [
     "SettingValidity",
     "group_accuracies",
     "accuracy_report",
-    "infer_spurious_feature",
     "evaluate",
     "check_setting_validity",
 ]
 
 logger = logging.getLogger(__name__)
-
-EMPTY_ATTRIBUTE = "empty"
-
 
 @dataclass(frozen=True)
 class GroupAccuracy:
@@ -112,12 +112,6 @@ def group_accuracies(predictions: np.ndarray, labels: np.ndarray, classes: Seque
     worst = min(groups, key=lambda g: g.accuracy) if groups else None
     overall = float(correct[keep].mean()) if keep.any() else float("nan")
     return AccuracyReport(overall, int(keep.sum()), per_class, tuple(groups), worst)
-
-
-def infer_spurious_feature(attributes: Sequence[str], classes: Sequence[str]) -> str | None:
-    """The one region attribute that is neither a class name nor ``"empty"``, if exactly one."""
-    cand = sorted(set(attributes) - set(classes) - {EMPTY_ATTRIBUTE})
-    return cand[0] if len(cand) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -202,16 +196,11 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
     Returns:
         An :class:`EvaluationResult`.
     """
-    from ravl.models.regions import DEFAULT_REGION_MODE
-    from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
-
     ds = dataset.subset(split) if split else dataset
     if len(ds) == 0:
         raise DatasetError(f"No images to evaluate in split {split!r} of {dataset.root}.")
     classes = tuple(classes or ds.classes)
     if classes != tuple(ds.classes):
-        from ravl.data.dataset import load_dataset  # re-index labels against the given classes
-
         ds = load_dataset(dataset.root, split=split, classes=list(classes), grid=dataset.grid)
     labels = ds.label_indices
     if (labels < 0).any():
@@ -299,7 +288,7 @@ def check_setting_validity(result: EvaluationResult, spurious_class: str, *, min
     w = result.image.group(spurious_class, True)
     wo = result.image.group(spurious_class, False)
     if w is None or wo is None:
-        raise ValueError(
+        raise InvalidParameterError(
             f"The validity rule needs images of class {spurious_class!r} both with and without the spurious "
             f"feature {result.spurious_feature!r}; split {result.split!r} has "
             f"{0 if w is None else w.n} with and {0 if wo is None else wo.n} without.")

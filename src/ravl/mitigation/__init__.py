@@ -1,79 +1,104 @@
-"""Stage 2 of RaVL: mitigation losses, objectives and the baselines' objectives.
+"""Stage 2 of RaVL: mitigation, and the baselines it is compared with.
 
-Losses (:mod:`ravl.mitigation.losses`) are pure functions on tensors returning named
-components; objectives (:mod:`ravl.mitigation.objectives`) join a model to them and plug into
-:func:`ravl.training.finetune` as ``objective=``. Standard fine-tuning is
-:class:`ravl.training.loop.ContrastiveObjective`. See ``docs/mitigation.md``.
+:func:`mitigate` labels the fine-tuning regions with discovery's features
+(:mod:`ravl.mitigation.labelling`) and fine-tunes again with a registered method
+(:mod:`ravl.mitigation.registry`). Each method lives in its own module of
+:mod:`ravl.mitigation.methods` with its loss (a pure function on tensors returning named
+components), its objective (which joins a model to the loss and plugs into
+:func:`ravl.training.finetune`), its config dataclass and its registration. See
+``docs/mitigation.md`` and ``docs/algorithm.md``.
 """
 
-from ravl.mitigation.losses import (
+from ravl.mitigation import methods  # noqa: F401,I001  (registers the built-in methods)
+from ravl.mitigation.api import MitigationOptions, MitigationResult, mitigate, set_trainable
+from ravl.mitigation.common import ConfigMixin, NoConfig, PromptObjective, supervised_contrastive_loss
+from ravl.mitigation.groups import (
+    class_feature_groups,
+    group_balanced_indices,
+    group_uniform_indices,
+    group_uniform_weights,
+)
+from ravl.mitigation.labelling import RegionLabelling, RegionLabels, label_regions
+from ravl.mitigation.methods.cfr import (
+    CFRCalibrationObjective,
+    CFRConfig,
     calibration_contrastive_loss,
     cfr_epoch_weight,
-    group_dro_loss,
-    group_mean_losses,
-    region_aware_loss,
+)
+from ravl.mitigation.methods.ravl import RegionAwareConfig, RegionAwareObjective, region_aware_loss
+from ravl.mitigation.methods.spurious_aware import (
+    SpuriousAwareConfig,
+    SpuriousAwareObjective,
     similarity_pull_push,
     spurious_aware_loss,
-    supervised_contrastive_loss,
+)
+from ravl.mitigation.methods.standard import UpsampledContrastive
+from ravl.mitigation.methods.vl import (
+    GroupDROConfig,
+    GroupDROObjective,
+    VLERMObjective,
+    group_dro_loss,
+    group_mean_losses,
     update_group_weights,
     vl_erm_loss,
     vl_erm_per_sample,
 )
-from ravl.mitigation.objectives import (
-    CFRCalibrationObjective,
-    CFRConfig,
-    GroupDROConfig,
-    GroupDROObjective,
-    RegionAwareConfig,
-    RegionAwareObjective,
-    RegionLabels,
-    SpuriousAwareConfig,
-    SpuriousAwareObjective,
-    VLERMConfig,
-    VLERMObjective,
-    class_feature_groups,
-    class_prompt_embeddings,
-    group_balanced_indices,
-    group_uniform_indices,
-    group_uniform_weights,
-    prompt_template_embeddings,
+from ravl.mitigation.registry import (
+    MITIGATION_METHODS,
+    MitigationContext,
+    MitigationMethod,
+    MitigationPlan,
+    UnknownMitigationMethodError,
+    describe_mitigation_methods,
+    get_mitigation_method,
+    list_mitigation_methods,
+    register_mitigation_method,
 )
-
-from ravl.mitigation.api import MitigationOptions, MitigationResult, mitigate  # noqa: E402
-from ravl.mitigation.labelling import RegionLabelling, label_regions  # noqa: E402
 
 __all__ = [
     "mitigate",
     "MitigationOptions",
     "MitigationResult",
+    "set_trainable",
     "label_regions",
     "RegionLabelling",
-    # losses
+    "RegionLabels",
+    # registry
+    "MITIGATION_METHODS",
+    "MitigationMethod",
+    "MitigationContext",
+    "MitigationPlan",
+    "UnknownMitigationMethodError",
+    "register_mitigation_method",
+    "get_mitigation_method",
+    "list_mitigation_methods",
+    "describe_mitigation_methods",
+    # building blocks for methods
+    "ConfigMixin",
+    "NoConfig",
+    "PromptObjective",
+    "supervised_contrastive_loss",
+    # the built-in methods' losses, objectives and configs
     "region_aware_loss",
+    "RegionAwareConfig",
+    "RegionAwareObjective",
     "vl_erm_per_sample",
     "vl_erm_loss",
     "group_mean_losses",
     "update_group_weights",
     "group_dro_loss",
-    "supervised_contrastive_loss",
-    "similarity_pull_push",
-    "spurious_aware_loss",
-    "calibration_contrastive_loss",
-    "cfr_epoch_weight",
-    # objectives and configs
-    "RegionLabels",
-    "RegionAwareConfig",
-    "RegionAwareObjective",
-    "VLERMConfig",
-    "VLERMObjective",
     "GroupDROConfig",
     "GroupDROObjective",
+    "VLERMObjective",
+    "similarity_pull_push",
+    "spurious_aware_loss",
     "SpuriousAwareConfig",
     "SpuriousAwareObjective",
+    "calibration_contrastive_loss",
+    "cfr_epoch_weight",
     "CFRConfig",
     "CFRCalibrationObjective",
-    "prompt_template_embeddings",
-    "class_prompt_embeddings",
+    "UpsampledContrastive",
     # groups and sampling
     "class_feature_groups",
     "group_balanced_indices",

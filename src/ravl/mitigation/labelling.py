@@ -22,6 +22,7 @@ that hold the vectors can pass ``medoid_embeddings=`` instead.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -31,15 +32,91 @@ from typing import Any
 
 import numpy as np
 
-from ravl.exceptions import DatasetError
-from ravl.mitigation.objectives import REGION_MODES, RegionLabels, class_feature_groups
+from ravl.data.attributes import infer_spurious_feature
+from ravl.data.dataset import RegionDataset, load_dataset
+from ravl.discovery.result import DiscoveryResult
+from ravl.exceptions import DatasetError, InvalidParameterError
+from ravl.mitigation.groups import class_feature_groups
+from ravl.models.regions import DEFAULT_REGION_MODE, REGION_MODES, embed_regions
 from ravl.utils.validation import check_choice, check_float, check_int
 
-__all__ = ["FEATURE_CHOICES", "DEFAULT_MIN_GAP_RATIO", "DEFAULT_ASSIGNMENT_QUANTILE", "MIN_MEMBERS_FOR_THRESHOLD",
+__all__ = ["RegionLabels", "FEATURE_CHOICES", "DEFAULT_MIN_GAP_RATIO", "DEFAULT_ASSIGNMENT_QUANTILE", "MIN_MEMBERS_FOR_THRESHOLD",
            "RegionLabelling", "spurious_assignment", "label_regions", "select_features", "compute_medoid_embeddings",
            "assign_to_medoids"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class RegionLabels:
+    """Regions of the fine-tuning images and whether each is spurious (input of RaVL mitigation).
+
+    Produced by region labelling (each region assigned to the nearest Stage-1 medoid); rows are
+    in any order. Arrays are stored read-only.
+
+    Attributes:
+        image_index: ``[M]`` int64 position of the region's image in the training split (the
+            positions :func:`~ravl.training.finetune` passes as ``batch["indices"]``).
+        boxes_norm: ``[M, 4]`` float32 boxes ``x0, y0, x1, y1`` normalised to ``[0, 1]`` of
+            the image.
+        is_spurious: ``[M]`` bool, ``True`` for regions in the discovered spurious cluster(s)
+            (``R^s``), ``False`` for candidate-core regions (``R^r``).
+    """
+
+    image_index: np.ndarray
+    boxes_norm: np.ndarray
+    is_spurious: np.ndarray
+
+    def __post_init__(self) -> None:
+        c = "RegionLabels"
+        idx = np.asarray(self.image_index)
+        boxes = np.asarray(self.boxes_norm, dtype=np.float64)
+        spur = np.asarray(self.is_spurious)
+        if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+            raise InvalidParameterError(f"The 'image_index' parameter of {c} must be a 1-d array of ints. "
+                                        f"Got shape {idx.shape}, dtype {idx.dtype}.")
+        m = idx.shape[0]
+        if boxes.shape != (m, 4):
+            raise InvalidParameterError(f"The 'boxes_norm' parameter of {c} must have shape ({m}, 4) (one box per "
+                                        f"region). Got {boxes.shape}.")
+        if spur.shape != (m,) or (spur.size and spur.dtype != np.bool_):
+            raise InvalidParameterError(f"The 'is_spurious' parameter of {c} must be a bool array of shape ({m},). "
+                                        f"Got shape {spur.shape}, dtype {spur.dtype}.")
+        if m and idx.min() < 0:
+            row = int(np.argmin(idx))
+            raise InvalidParameterError(f"The 'image_index' parameter of {c} must hold positions >= 0; row {row} has "
+                                        f"{int(idx[row])}.")
+        bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 0] >= boxes[:, 2]) | (boxes[:, 1] >= boxes[:, 3]) \
+            | (boxes < 0).any(axis=1) | (boxes > 1).any(axis=1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InvalidParameterError(f"boxes_norm must be x0<x1, y0<y1 inside [0, 1] (pixel boxes divided by the image "
+                                        f"width and height); row {row} has {boxes[row].tolist()} "
+                                        f"({int(bad.sum())} bad row(s) in all).")
+        for name, arr in (("image_index", idx.astype(np.int64)), ("boxes_norm", boxes.astype(np.float32)),
+                          ("is_spurious", spur.astype(bool))):
+            arr = np.array(arr, copy=True)
+            arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+
+    def __len__(self) -> int:
+        return int(self.image_index.shape[0])
+
+    @property
+    def n_spurious(self) -> int:
+        """Number of spurious regions."""
+        return int(self.is_spurious.sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image_index": self.image_index.tolist(), "boxes_norm": self.boxes_norm.tolist(),
+                "is_spurious": self.is_spurious.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RegionLabels":
+        m = len(d["image_index"])
+        return cls(np.asarray(d["image_index"], dtype=np.int64).reshape(m),
+                   np.asarray(d["boxes_norm"], dtype=np.float32).reshape(m, 4),
+                   np.asarray(d["is_spurious"], dtype=bool).reshape(m))
 
 
 def _thresholds_json(t: dict[int, float] | None) -> dict[str, float] | None:
@@ -105,9 +182,9 @@ class RegionLabelling:
             object.__setattr__(self, name, _ro(np.asarray(getattr(self, name), dtype=dtype)))
         m, n = len(self.region_labels), self.labels.shape[0]
         if self.region_clusters.shape != (m,) or self.region_similarity.shape != (m,):
-            raise ValueError(f"RegionLabelling needs one cluster and similarity per region ({m}).")
+            raise InvalidParameterError(f"RegionLabelling needs one cluster and similarity per region ({m}).")
         if self.feature_present.shape != (n,) or self.groups.shape != (n,):
-            raise ValueError(f"RegionLabelling needs one feature flag and group per image ({n}).")
+            raise InvalidParameterError(f"RegionLabelling needs one feature flag and group per image ({n}).")
 
     @property
     def n_images(self) -> int:
@@ -140,8 +217,6 @@ class RegionLabelling:
     def fingerprint(self) -> str:
         """SHA-256 of what training reads (region positions, boxes, spurious flags, groups):
         two labellings with the same fingerprint train the same run."""
-        import hashlib
-
         h = hashlib.sha256()
         rl = self.region_labels
         for arr in (rl.image_index, rl.boxes_norm, rl.is_spurious, self.labels, self.groups):
@@ -235,8 +310,8 @@ def select_features(discovery, features: Any = "class", *, min_gap_ratio: float 
     caller = "label_regions"
     feats = list(discovery.features)
     if not feats:
-        raise ValueError(f"Discovery found no spurious feature ({discovery.status}: {discovery.message}); "
-                         "there is nothing to mitigate. Standard fine-tuning needs no discovery.")
+        raise InvalidParameterError(f"Discovery found no spurious feature ({discovery.status}: {discovery.message}); "
+                                    "there is nothing to mitigate. Standard fine-tuning needs no discovery.")
     if features is None:
         return feats[:1]
     if isinstance(features, str):
@@ -257,11 +332,11 @@ def select_features(discovery, features: Any = "class", *, min_gap_ratio: float 
     for r in features:
         r = check_int(r, "features", caller, low=1)
         if r not in by_rank:
-            raise ValueError(f"The 'features' parameter of {caller} names rank {r}, but discovery kept ranks "
-                             f"{sorted(by_rank)}.")
+            raise InvalidParameterError(f"The 'features' parameter of {caller} names rank {r}, but discovery kept ranks "
+                                        f"{sorted(by_rank)}.")
         out.append(by_rank[r])
     if not out:
-        raise ValueError(f"The 'features' parameter of {caller} must name at least one feature rank.")
+        raise InvalidParameterError(f"The 'features' parameter of {caller} must name at least one feature rank.")
     return out
 
 
@@ -289,16 +364,13 @@ def compute_medoid_embeddings(model, discovery, *, eval_dataset: Any = None, reg
     Raises:
         DatasetError: When the dataset cannot be found or no longer matches discovery.json.
     """
-    from ravl.data.dataset import RegionDataset, load_dataset
-    from ravl.models.regions import DEFAULT_REGION_MODE, embed_regions
-
     mode = region_mode or discovery.meta.get("region_mode") or DEFAULT_REGION_MODE
     check_choice(mode, "region_mode", "compute_medoid_embeddings", REGION_MODES)
     if not discovery.medoid_indices:
         method = discovery.meta.get("method", discovery.scoring)
-        raise ValueError(f"The discovery result ({method}) has no cluster medoids, so fine-tuning regions cannot be "
-                         "assigned to its features. Region labelling needs a clustering discovery: `ravl discover` "
-                         "with --method ravl or one of its ablations.")
+        raise InvalidParameterError(f"The discovery result ({method}) has no cluster medoids, so fine-tuning regions cannot be "
+                                    "assigned to its features. Region labelling needs a clustering discovery: `ravl discover` "
+                                    "with --method ravl or one of its ablations.")
     if eval_dataset is None:
         path = discovery.meta.get("data")
         if not path:
@@ -342,8 +414,8 @@ def assign_to_medoids(region_embeddings: np.ndarray, medoids: np.ndarray, *, blo
     e = np.asarray(region_embeddings, dtype=np.float32)
     m = np.asarray(medoids, dtype=np.float32)
     if e.ndim != 2 or m.ndim != 2 or (e.shape[0] and e.shape[1] != m.shape[1]) or m.shape[0] == 0:
-        raise ValueError(f"assign_to_medoids needs [M, D] regions and [K, D] medoids with the same D; got "
-                         f"{e.shape} and {m.shape}.")
+        raise InvalidParameterError(f"assign_to_medoids needs [M, D] regions and [K, D] medoids with the same D; got "
+                                    f"{e.shape} and {m.shape}.")
     e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
     m = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
     cl = np.empty(e.shape[0], dtype=np.int64)
@@ -401,8 +473,6 @@ def spurious_assignment(clusters: np.ndarray, similarities: np.ndarray, features
 
 def _truth_metrics(table, records, spurious: np.ndarray, present: np.ndarray, classes: Sequence[str],
                    truth: str | None) -> dict[str, Any] | None:
-    from ravl.evaluation.metrics import infer_spurious_feature
-
     if table.attributes is None:
         return None
     attrs = np.asarray(table.attributes, dtype=object)
@@ -470,9 +540,6 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
         DatasetError: When the split is empty or has unlabelled rows, or the discovery dataset
             no longer matches.
     """
-    from ravl.discovery import DiscoveryResult
-    from ravl.models.regions import DEFAULT_REGION_MODE, embed_regions
-
     if isinstance(discovery, (str, os.PathLike)):
         discovery = DiscoveryResult.from_json(discovery)
     chosen = select_features(discovery, features, min_gap_ratio=min_gap_ratio)
@@ -499,11 +566,11 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
         medoids = np.asarray(medoid_embeddings, dtype=np.float32)
         k = len(discovery.medoid_indices)
         if medoids.ndim != 2 or (k and medoids.shape[0] != k):
-            raise ValueError(f"The 'medoid_embeddings' parameter of label_regions must be [K={k}, D] (one row per "
-                             f"discovery cluster). Got shape {medoids.shape}.")
+            raise InvalidParameterError(f"The 'medoid_embeddings' parameter of label_regions must be [K={k}, D] (one row per "
+                                        f"discovery cluster). Got shape {medoids.shape}.")
     spurious_clusters = tuple(sorted({int(f.cluster) for f in chosen}))
     if max(spurious_clusters) >= medoids.shape[0]:
-        raise ValueError(f"Feature cluster {max(spurious_clusters)} has no medoid (K = {medoids.shape[0]}).")
+        raise InvalidParameterError(f"Feature cluster {max(spurious_clusters)} has no medoid (K = {medoids.shape[0]}).")
 
     table = ds.region_table()
     emb = embed_regions(model, ds, mode=mode, batch_size=batch_size, progress=progress)

@@ -15,23 +15,30 @@ Boxes are always ``[x0, y0, x1, y1]`` in pixels of the *original* image (as stor
 
 from __future__ import annotations
 
-import difflib
+import json
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from PIL import Image
 
-from ravl.exceptions import ModelNotFoundError
+from ravl.exceptions import InvalidParameterError, ModelNotFoundError
+from ravl.models.checkpoint import checkpoint_dir, read_checkpoint_config
+from ravl.utils.registry import Registry
 
 __all__ = [
     "VisionLanguageModel",
     "register_model",
     "load_model",
+    "load_checkpoint",
     "list_models",
+    "model_info",
     "ModelInfo",
+    "MODELS",
+    "set_load_record",
 ]
 
 
@@ -107,40 +114,62 @@ class ModelInfo:
         name: Registry name or prefix (a prefix ends with ``":"``, e.g. ``"open_clip:"``).
         description: One line shown by ``ravl models``.
         extra: The pip extra the backend needs (``None`` for the core).
+        factory: ``factory(name, checkpoint=None, **kwargs) -> VisionLanguageModel``.
+        test_instance: Optional zero-argument callable returning a *small* model of this
+            backend (random weights, built in memory, no download), so the shared adapter
+            contract tests cover prefix backends too. Exact names without one are tested
+            through ``load_model(name)``.
     """
 
     name: str
-    description: str
+    description: str = ""
     extra: str | None = None
+    factory: Callable[..., VisionLanguageModel] | None = field(default=None, repr=False, compare=False)
+    test_instance: Callable[[], VisionLanguageModel] | None = field(default=None, repr=False, compare=False)
 
 
-_REGISTRY: dict[str, tuple[ModelInfo, Callable[..., VisionLanguageModel]]] = {}
+#: Every registered model name and prefix.
+MODELS: Registry[ModelInfo] = Registry(
+    "model", error=ModelNotFoundError, prefixes=True,
+    hint="Prefixes take an architecture or a path, e.g. 'open_clip:RN50' or 'hf:/path/to/dir'.")
 
 
-def register_model(name: str, *, description: str = "", extra: str | None = None):
+def register_model(name: str, *, description: str = "", extra: str | None = None, override: bool = False,
+                   test_instance: Callable[[], VisionLanguageModel] | None = None):
     """Decorator registering a factory ``fn(name, checkpoint=None, **kwargs) -> VisionLanguageModel``.
 
     ``name`` is an exact name (``"tiny"``) or a prefix ending in ``":"`` (``"open_clip:"``),
     in which case the factory receives the full requested name.
+
+    Args:
+        name: The name or prefix.
+        description: One line for ``ravl models``.
+        extra: The pip extra the backend needs.
+        override: Replace an existing registration (otherwise an
+            :class:`~ravl.exceptions.InvalidParameterError`).
+        test_instance: See :class:`ModelInfo`.
     """
 
     def deco(fn: Callable[..., VisionLanguageModel]):
-        _REGISTRY[name] = (ModelInfo(name, description, extra), fn)
+        MODELS.register(name, ModelInfo(name, description, extra, fn, test_instance), description=description,
+                        override=override)
         return fn
 
     return deco
 
 
-def _ensure_builtin_registered() -> None:
-    # Import modules that register models. Backends' heavy imports stay inside their factories.
-    import ravl.models.tiny  # noqa: F401
-    import ravl.models.backends  # noqa: F401
+def list_models() -> list[str]:
+    """All registered model names and prefixes, in registration order (``model_info`` for details)."""
+    return MODELS.list()
 
 
-def list_models() -> list[ModelInfo]:
-    """All registered model names and prefixes, sorted."""
-    _ensure_builtin_registered()
-    return [info for info, _ in sorted(_REGISTRY.values(), key=lambda t: t[0].name)]
+def model_info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a name or prefix (``"open_clip:RN50"`` finds ``"open_clip:"``).
+
+    Raises:
+        ModelNotFoundError: For an unknown name, listing what exists and the closest matches.
+    """
+    return MODELS.get(name)
 
 
 def load_model(name: str | None, checkpoint: str | Path | None = None, *,
@@ -160,29 +189,13 @@ def load_model(name: str | None, checkpoint: str | Path | None = None, *,
         ModelNotFoundError: For an unknown name; the message lists what exists and the
             closest matches.
     """
-    _ensure_builtin_registered()
     if name is None:
         if checkpoint is None:
-            raise ValueError("load_model needs a model name, or a ravl checkpoint folder to read it from. "
-                             "Got name=None and checkpoint=None.")
-        from ravl.models.checkpoint import read_checkpoint_config
-
+            raise InvalidParameterError("load_model needs a model name, or a ravl checkpoint folder to read it "
+                                        "from. Got name=None and checkpoint=None.")
         name = read_checkpoint_config(checkpoint)["model"]
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        for key, val in _REGISTRY.items():
-            if key.endswith(":") and name.startswith(key):
-                entry = val
-                break
-    if entry is None:
-        names = sorted(_REGISTRY)
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ModelNotFoundError(
-            f"Unknown model {name!r}.{hint} Known models and prefixes: {', '.join(names)}. "
-            "Prefixes take an architecture or a path, e.g. 'open_clip:RN50' or 'hf:/path/to/dir'.")
-    _, factory = entry
-    model = factory(name, checkpoint=checkpoint, **kwargs)
+    info = model_info(name)
+    model = info.factory(name, checkpoint=checkpoint, **kwargs)
     if device is not None:
         model.to(device)
     where = None if checkpoint is None else Path(checkpoint)
@@ -191,14 +204,26 @@ def load_model(name: str | None, checkpoint: str | Path | None = None, *,
     return model
 
 
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device | None = None, **kwargs: Any
+                    ) -> VisionLanguageModel:
+    """Load a ravl checkpoint folder with the model named in its ``config.json``.
+
+    Equivalent to ``load_model(None, checkpoint=path, device=device, **kwargs)``.
+
+    Raises:
+        CheckpointError: When the folder is missing, incomplete or inconsistent.
+        ModelNotFoundError: When the checkpoint names a model that is not registered.
+    """
+    name = read_checkpoint_config(path)["model"]
+    return load_model(name, checkpoint=checkpoint_dir(path), device=device, **kwargs)
+
+
 def set_load_record(model, record: dict[str, Any] | None) -> None:
     """Remember how to rebuild ``model``'s current weights (``model.load_record``).
 
     Only JSON-ready records are kept (``None`` otherwise): the record goes into checkpoints.
     Models that refuse new attributes are left alone.
     """
-    import json
-
     if record is not None:
         try:
             json.dumps(record)

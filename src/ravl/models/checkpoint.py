@@ -11,7 +11,7 @@ not match (a save interrupted between the two renames, a truncated copy) is repo
 of being loaded.
 
 Load a checkpoint with ``load_model(name, checkpoint=DIR)``, ``load_model(None, checkpoint=DIR)``
-or :func:`load_checkpoint` (both read the model name from ``config.json``).
+or :func:`ravl.models.load_checkpoint` (both read the model name from ``config.json``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from ravl.exceptions import CheckpointError
+from ravl._version import __version__
+from ravl.exceptions import CheckpointError, InvalidParameterError
 
 __all__ = [
     "WEIGHTS_FILE",
@@ -33,7 +36,7 @@ __all__ = [
     "save_checkpoint",
     "read_checkpoint_config",
     "read_checkpoint",
-    "load_checkpoint",
+    "checkpoint_dir",
     "load_state_dict_checked",
     "is_checkpoint",
 ]
@@ -85,24 +88,20 @@ def save_checkpoint(model, out_dir: str | os.PathLike, *, extra: dict[str, Any] 
     Raises:
         ValueError: When ``extra`` uses a reserved key or is not JSON-serialisable.
     """
-    from safetensors.torch import save_file
-
-    import ravl
-
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(_RESERVED))
     if clash:
-        raise ValueError(f"The 'extra' parameter of save_checkpoint may not use the reserved key(s) {clash}.")
+        raise InvalidParameterError(f"The 'extra' parameter of save_checkpoint may not use the reserved key(s) {clash}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.module.state_dict().items()}
     config: dict[str, Any] = {"model": model.name, "model_config": model.config(),
-                              "ravl_version": ravl.__version__, "format": FORMAT,
+                              "ravl_version": __version__, "format": FORMAT,
                               "format_version": FORMAT_VERSION}
     try:
         text_extra = json.dumps(extra)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"The 'extra' parameter of save_checkpoint must be JSON-serialisable ({exc}).") from None
+        raise InvalidParameterError(f"The 'extra' parameter of save_checkpoint must be JSON-serialisable ({exc}).") from None
 
     tmp_w = out / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
     tmp_c = out / f".{CONFIG_FILE}.{os.getpid()}.tmp"
@@ -127,7 +126,8 @@ def save_checkpoint(model, out_dir: str | os.PathLike, *, extra: dict[str, Any] 
     return out
 
 
-def _checkpoint_dir(path: str | os.PathLike) -> Path:
+def checkpoint_dir(path: str | os.PathLike) -> Path:
+    """The checkpoint folder of ``path`` (the folder itself, or the parent of its weights or config file)."""
     p = Path(path)
     if p.is_file() and p.name in (WEIGHTS_FILE, CONFIG_FILE):
         return p.parent
@@ -136,7 +136,7 @@ def _checkpoint_dir(path: str | os.PathLike) -> Path:
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a (complete-looking) ravl checkpoint folder."""
-    p = _checkpoint_dir(path)
+    p = checkpoint_dir(path)
     return (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
 
 
@@ -149,7 +149,7 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         CheckpointError: When the folder or ``config.json`` is missing or unreadable.
     """
-    p = _checkpoint_dir(path)
+    p = checkpoint_dir(path)
     if not p.exists():
         raise CheckpointError(f"Checkpoint folder {p} does not exist. Pass the folder written by "
                               "`ravl finetune --out` or save_checkpoint().")
@@ -185,10 +185,7 @@ def read_checkpoint(path: str | os.PathLike, *, expect_model: str | None = None
         CheckpointError: Missing or incomplete folder, another model's checkpoint, or a
             corrupt / mismatched weights file. The message names the file and the fix.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    p = _checkpoint_dir(path)
+    p = checkpoint_dir(path)
     config = read_checkpoint_config(p)
     if expect_model is not None and config["model"] != expect_model:
         raise CheckpointError(
@@ -250,18 +247,3 @@ def load_state_dict_checked(module: torch.nn.Module, state: dict[str, torch.Tens
 def _short(items: list[str], limit: int = 5) -> str:
     shown = ", ".join(items[:limit])
     return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
-
-
-def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device | None = None, **kwargs: Any):
-    """Load a ravl checkpoint folder with the model named in its ``config.json``.
-
-    Equivalent to ``load_model(None, checkpoint=path, device=device, **kwargs)``.
-
-    Raises:
-        CheckpointError: When the folder is missing, incomplete or inconsistent.
-        ModelNotFoundError: When the checkpoint names a model that is not registered.
-    """
-    from ravl.models.base import load_model
-
-    name = read_checkpoint_config(path)["model"]
-    return load_model(name, checkpoint=_checkpoint_dir(path), device=device, **kwargs)

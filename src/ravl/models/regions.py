@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ravl.exceptions import InvalidParameterError
 from ravl.utils.progress import progress as _progress
 from ravl.utils.validation import check_choice, check_int
 
@@ -99,13 +100,13 @@ class _Images:
         elif isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
             for k, im in enumerate(source):
                 if not isinstance(im, Image.Image):
-                    raise TypeError(f"{caller} takes a dataset or a list of PIL images; item {k} is a "
-                                    f"{type(im).__name__}.")
+                    raise InvalidParameterError(f"{caller} takes a dataset or a list of PIL images; item {k} is a "
+                                                f"{type(im).__name__}.")
             self._load = source.__getitem__
             self.n = len(source)
         else:
-            raise TypeError(f"{caller} takes a dataset (with load_image) or a list of PIL images. "
-                            f"Got {type(source).__name__}.")
+            raise InvalidParameterError(f"{caller} takes a dataset (with load_image) or a list of PIL images. "
+                                        f"Got {type(source).__name__}.")
 
     def load(self, i: int) -> Image.Image:
         im = self._load(int(i))
@@ -143,13 +144,13 @@ def _check_box(box: Sequence[float], width: int, height: int, where: str) -> tup
     try:
         x0, y0, x1, y1 = (float(v) for v in box)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: a box must be 4 numbers [x0, y0, x1, y1]. Got {box!r}.") from None
+        raise InvalidParameterError(f"{where}: a box must be 4 numbers [x0, y0, x1, y1]. Got {box!r}.") from None
     ok = all(math.isfinite(v) for v in (x0, y0, x1, y1))
     cx0, cy0 = max(x0, 0.0), max(y0, 0.0)
     cx1, cy1 = min(x1, float(width)), min(y1, float(height))
     if not ok or cx1 <= cx0 or cy1 <= cy0:
-        raise ValueError(f"{where}: boxes must be x0<x1, y0<y1 and overlap the {width}x{height} image. "
-                         f"Got {[x0, y0, x1, y1]}.")
+        raise InvalidParameterError(f"{where}: boxes must be x0<x1, y0<y1 and overlap the {width}x{height} image. "
+                                    f"Got {[x0, y0, x1, y1]}.")
     return cx0, cy0, cx1, cy1
 
 
@@ -212,13 +213,13 @@ def _region_rows(dataset: Any, boxes: Sequence[Sequence[Sequence[float]]] | None
     """``(image_index [R], boxes [R, 4])`` from a dataset's region table or explicit boxes."""
     if boxes is None:
         if not hasattr(dataset, "region_table"):
-            raise TypeError("embed_regions needs a dataset with region_table(), or a list of images together "
-                            "with boxes=[[box, ...] per image].")
+            raise InvalidParameterError("embed_regions needs a dataset with region_table(), or a list of images together "
+                                        "with boxes=[[box, ...] per image].")
         table = dataset.region_table()
         return np.asarray(table.image_index, dtype=np.int64), np.asarray(table.boxes, dtype=np.float64).reshape(-1, 4)
     if len(boxes) != n_images:
-        raise ValueError(f"The 'boxes' parameter of embed_regions must hold one list of boxes per image "
-                         f"({n_images}). Got {len(boxes)} lists instead.")
+        raise InvalidParameterError(f"The 'boxes' parameter of embed_regions must hold one list of boxes per image "
+                                    f"({n_images}). Got {len(boxes)} lists instead.")
     idx, flat = [], []
     for i, per_image in enumerate(boxes):
         for b in per_image:
@@ -227,8 +228,8 @@ def _region_rows(dataset: Any, boxes: Sequence[Sequence[Sequence[float]]] | None
     try:
         arr = np.asarray(flat, dtype=np.float64).reshape(-1, 4)
     except ValueError:
-        raise ValueError("The 'boxes' parameter of embed_regions must hold boxes of 4 numbers "
-                         "[x0, y0, x1, y1].") from None
+        raise InvalidParameterError("The 'boxes' parameter of embed_regions must hold boxes of 4 numbers "
+                                    "[x0, y0, x1, y1].") from None
     return np.asarray(idx, dtype=np.int64), arr
 
 
@@ -263,7 +264,7 @@ def embed_regions(model, dataset: Any, *, mode: str = DEFAULT_REGION_MODE,
     image_index, box_arr = _region_rows(dataset, boxes, src.n)
     n_regions = len(image_index)
     if n_regions and (image_index.min() < 0 or image_index.max() >= src.n):
-        raise ValueError(f"Region image indices must lie in [0, {src.n}).")
+        raise InvalidParameterError(f"Region image indices must lie in [0, {src.n}).")
     # Rows of each image, in order of first appearance (region_table order is image by image).
     order = np.argsort(image_index, kind="stable")
     images_in_order, starts = np.unique(image_index[order], return_index=True)
@@ -352,11 +353,11 @@ def _black_value(model, like: torch.Tensor) -> torch.Tensor:
 
 def _check_roi_boxes(pixels: torch.Tensor, boxes: torch.Tensor, caller: str) -> torch.Tensor:
     if pixels.ndim != 4:
-        raise ValueError(f"{caller}: pixels must be preprocessed images [N, 3, H, W]. Got {tuple(pixels.shape)}.")
+        raise InvalidParameterError(f"{caller}: pixels must be preprocessed images [N, 3, H, W]. Got {tuple(pixels.shape)}.")
     boxes = torch.as_tensor(boxes, dtype=pixels.dtype, device=pixels.device)
     if boxes.ndim != 2 or boxes.shape[1] != 5:
-        raise ValueError(f"{caller}: boxes must be [R, 5] rows (image_index, x0, y0, x1, y1) normalised to "
-                         f"[0, 1]. Got shape {tuple(boxes.shape)}.")
+        raise InvalidParameterError(f"{caller}: boxes must be [R, 5] rows (image_index, x0, y0, x1, y1) normalised to "
+                                    f"[0, 1]. Got shape {tuple(boxes.shape)}.")
     return boxes
 
 

@@ -41,7 +41,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ravl.exceptions import CheckpointError, InvalidParameterError
 from ravl.models.base import register_model
+from ravl.models.checkpoint import load_state_dict_checked, read_checkpoint
 from ravl.models.tokenizer import PAD_ID, VOCAB_SIZE, ByteTokenizer
 from ravl.utils.validation import check_float, check_int
 
@@ -100,11 +102,11 @@ class TinyCLIPConfig:
         c = "TinyCLIPConfig"
         check_int(self.image_size, "image_size", c, low=8)
         if not isinstance(self.conv_widths, tuple) or not self.conv_widths:
-            raise ValueError(f"The 'conv_widths' parameter of {c} must be a non-empty tuple of ints. "
-                             f"Got {self.conv_widths!r} instead.")
+            raise InvalidParameterError(f"The 'conv_widths' parameter of {c} must be a non-empty tuple of ints. "
+                                        f"Got {self.conv_widths!r} instead.")
         if not isinstance(self.conv_strides, tuple) or len(self.conv_strides) != len(self.conv_widths):
-            raise ValueError(f"The 'conv_strides' parameter of {c} must be a tuple with one stride per conv "
-                             f"width ({len(self.conv_widths)}). Got {self.conv_strides!r} instead.")
+            raise InvalidParameterError(f"The 'conv_strides' parameter of {c} must be a tuple with one stride per conv "
+                                        f"width ({len(self.conv_widths)}). Got {self.conv_strides!r} instead.")
         for w in self.conv_widths:
             check_int(w, "conv_widths[i]", c, low=1)
         for s in self.conv_strides:
@@ -114,8 +116,8 @@ class TinyCLIPConfig:
         check_int(self.text_layers, "text_layers", c, low=0)
         check_int(self.text_heads, "text_heads", c, low=1)
         if self.text_width % self.text_heads:
-            raise ValueError(f"The 'text_width' parameter of {c} must be divisible by text_heads="
-                             f"{self.text_heads}. Got {self.text_width} instead.")
+            raise InvalidParameterError(f"The 'text_width' parameter of {c} must be divisible by text_heads="
+                                        f"{self.text_heads}. Got {self.text_width} instead.")
         check_int(self.context_length, "context_length", c, low=3)
         check_int(self.vocab_size, "vocab_size", c, low=VOCAB_SIZE)
         if self.roi_samples is not None:
@@ -123,8 +125,8 @@ class TinyCLIPConfig:
         for name in ("mean", "std"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or len(value) != 3:
-                raise ValueError(f"The '{name}' parameter of {c} must be 3 floats (R, G, B). "
-                                 f"Got {value!r} instead.")
+                raise InvalidParameterError(f"The '{name}' parameter of {c} must be 3 floats (R, G, B). "
+                                            f"Got {value!r} instead.")
             for v in value:
                 check_float(v, f"{name}[i]", c, low=0 if name == "mean" else 0.0,
                             closed="both" if name == "mean" else "neither")
@@ -152,7 +154,7 @@ class TinyCLIPConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"Unknown TinyCLIPConfig field(s) {unknown}; known fields: {sorted(names)}.")
+            raise InvalidParameterError(f"Unknown TinyCLIPConfig field(s) {unknown}; known fields: {sorted(names)}.")
         return cls(**d)
 
 
@@ -232,7 +234,7 @@ class TinyCLIP(nn.Module):
     def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
         """Final conv feature map ``[N, C, h, w]`` of preprocessed images ``[N, 3, H, W]``."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"Expected preprocessed images of shape [N, 3, H, W]. Got {tuple(pixels.shape)}.")
+            raise InvalidParameterError(f"Expected preprocessed images of shape [N, 3, H, W]. Got {tuple(pixels.shape)}.")
         # NHWC is markedly faster for these small convolutions on CPU and fine on GPU.
         return self.visual(pixels.contiguous(memory_format=torch.channels_last))
 
@@ -252,14 +254,14 @@ class TinyCLIP(nn.Module):
             boxes: ``[R, 5]`` rows ``(image_index, x0, y0, x1, y1)`` normalised to [0, 1].
         """
         if boxes.ndim != 2 or boxes.shape[1] != 5:
-            raise ValueError(f"boxes must be [R, 5] rows (image_index, x0, y0, x1, y1). Got {tuple(boxes.shape)}.")
+            raise InvalidParameterError(f"boxes must be [R, 5] rows (image_index, x0, y0, x1, y1). Got {tuple(boxes.shape)}.")
         fmap = self.feature_map(pixels)
         if boxes.shape[0] == 0:
             return fmap.new_zeros(0, self.config.embed_dim)
         idx = boxes[:, 0].long()
         if int(idx.min()) < 0 or int(idx.max()) >= fmap.shape[0]:
-            raise ValueError(f"boxes[:, 0] must index the {fmap.shape[0]} image(s) given. "
-                             f"Got values in [{int(idx.min())}, {int(idx.max())}].")
+            raise InvalidParameterError(f"boxes[:, 0] must index the {fmap.shape[0]} image(s) given. "
+                                        f"Got values in [{int(idx.min())}, {int(idx.max())}].")
         xy = boxes[:, 1:].to(fmap.dtype)
         s_h = self.config.roi_samples or fmap.shape[2]
         s_w = self.config.roi_samples or fmap.shape[3]
@@ -279,10 +281,10 @@ class TinyCLIP(nn.Module):
         the longest row are dropped first; with causal attention this changes nothing but time.
         """
         if tokens.ndim != 2:
-            raise ValueError(f"Expected tokens of shape [N, T]. Got {tuple(tokens.shape)}.")
+            raise InvalidParameterError(f"Expected tokens of shape [N, T]. Got {tuple(tokens.shape)}.")
         if tokens.shape[1] > self.config.context_length:
-            raise ValueError(f"Token rows have {tokens.shape[1]} columns; the model's context length is "
-                             f"{self.config.context_length}. Tokenize with the model's own tokenize().")
+            raise InvalidParameterError(f"Token rows have {tokens.shape[1]} columns; the model's context length is "
+                                        f"{self.config.context_length}. Tokenize with the model's own tokenize().")
         if tokens.shape[0] == 0:
             return self.text_proj.weight.new_zeros(0, self.config.embed_dim)
         tokens = tokens.long()
@@ -344,7 +346,7 @@ class TinyCLIPAdapter:
         arrays = []
         for k, im in enumerate(images):
             if not isinstance(im, Image.Image):
-                raise TypeError(f"preprocess takes PIL images; item {k} is a {type(im).__name__}.")
+                raise InvalidParameterError(f"preprocess takes PIL images; item {k} is a {type(im).__name__}.")
             if im.mode != "RGB":
                 im = im.convert("RGB")
             if im.size != (w, h):
@@ -419,12 +421,9 @@ def _tiny_factory(name: str, checkpoint=None, seed: int = 0, **config_overrides:
     known = sorted(f.name for f in fields(TinyCLIPConfig))
     bad = sorted(set(config_overrides) - set(known))
     if bad:
-        raise ValueError(f"Unknown option(s) {bad} for model 'tiny'; TinyCLIPConfig fields are {known}.")
+        raise InvalidParameterError(f"Unknown option(s) {bad} for model 'tiny'; TinyCLIPConfig fields are {known}.")
     if checkpoint is None:
         return build_tiny_clip(TinyCLIPConfig(**config_overrides), seed=seed, name=name)
-
-    from ravl.exceptions import CheckpointError
-    from ravl.models.checkpoint import load_state_dict_checked, read_checkpoint
 
     path, stored, state = read_checkpoint(checkpoint, expect_model=name)
     try:
@@ -435,9 +434,9 @@ def _tiny_factory(name: str, checkpoint=None, seed: int = 0, **config_overrides:
     for key, value in config_overrides.items():
         current = getattr(cfg, key)
         if TinyCLIPConfig.from_dict({**cfg.to_dict(), key: value}) != cfg:
-            raise ValueError(f"Option {key}={value!r} conflicts with the checkpoint {path} "
-                             f"({key}={current!r}); the architecture is fixed by the checkpoint. "
-                             "Drop the option or load without a checkpoint.")
+            raise InvalidParameterError(f"Option {key}={value!r} conflicts with the checkpoint {path} "
+                                        f"({key}={current!r}); the architecture is fixed by the checkpoint. "
+                                        "Drop the option or load without a checkpoint.")
     model = build_tiny_clip(cfg, seed=0, name=name)
     load_state_dict_checked(model.module, state, path)
     return model

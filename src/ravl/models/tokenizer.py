@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ravl.exceptions import InvalidParameterError
 from ravl.utils.validation import check_int
 
 __all__ = ["ByteTokenizer", "PAD_ID", "BOS_ID", "EOS_ID", "BYTE_OFFSET", "VOCAB_SIZE"]
@@ -69,7 +70,7 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of one text: ``[BOS, bytes..., EOS]`` (no padding), at most T long."""
         if not isinstance(text, str):
-            raise TypeError(f"Texts must be str, got {type(text).__name__} {text!r}.")
+            raise InvalidParameterError(f"Texts must be str, got {type(text).__name__} {text!r}.")
         data = self.normalize(text).encode("utf-8")
         room = self.context_length - 2
         if len(data) > room:

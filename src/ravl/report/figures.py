@@ -9,9 +9,11 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["draw_box", "region_tile", "region_gallery", "gap_chart", "silhouette_chart", "metric_bars", "png_bytes"]
+__all__ = ["draw_box", "region_tile", "region_gallery", "gap_chart", "silhouette_chart", "metric_bars",
+           "precision_vs_strength", "png_bytes"]
 
 BOX_COLOUR = (0, 200, 255)
 
@@ -84,8 +86,6 @@ def gap_chart(classes: Sequence[str], acc_present: Sequence[float | None], acc_a
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    import numpy as np
-
     x = np.arange(len(classes))
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(classes) + 1.5), 2.8))
     p = [np.nan if v is None else v for v in acc_present]
@@ -137,8 +137,6 @@ def metric_bars(methods: Sequence[str], metrics: Sequence[str], means: Sequence[
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    import numpy as np
-
     n_m = len(methods)
     x = np.arange(len(metrics))
     width = 0.8 / max(n_m, 1)
@@ -163,3 +161,60 @@ def metric_bars(methods: Sequence[str], metrics: Sequence[str], means: Sequence[
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return _fig_png(fig)
+
+
+def precision_vs_strength(summary) -> bytes:
+    """P@10 vs Cramér's V of a discovery grid, from its saved summary (PNG bytes).
+
+    Up to four panels: RaVL and its ablations, baselines under adaptation A, under adaptation B,
+    and other registered methods, each with RaVL and Random for reference. Error bars: 95 % CI
+    half-widths, clipped to [0, 1].
+
+    Args:
+        summary: :func:`ravl.benchmarks.discovery.summary_tables`' dict (``summary.json``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    table = {t["method"]: t for t in summary["methods"]}
+
+    def of(adaptation):
+        return [m for m, t in table.items() if t["adaptation"] == adaptation]
+
+    ref = [m for m in ("ravl", "random") if m in table]
+    groups = [(title, ms) for title, ms in [
+        ("RaVL and its ablations", of("RaVL") + of("-")),
+        ("baselines, adaptation A (image-then-region)", ref + of("A")),
+        ("baselines, adaptation B (region-as-sample)", ref + of("B")),
+        ("other methods", ref + of("?"))] if set(ms) - set(ref) or (title.startswith("RaVL") and ms)]
+    groups = groups or [("methods", list(table))]
+    xs_all = sorted({float(v) for t in table.values() for v in t["by_strength"]})
+    step = (xs_all[-1] - xs_all[0]) / 120 if len(xs_all) > 1 else 0.002
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.9), sharey=True, squeeze=False)
+    for ax, (title, ms) in zip(axes[0], groups):
+        for i, m in enumerate(ms):
+            dodge = (i - (len(ms) - 1) / 2) * step  # keep overlapping points and error bars apart
+            pts = [(float(v), c["p_at_10"], c["ci95"]) for v, c in table[m]["by_strength"].items() if c["n"]]
+            if not pts:
+                continue
+            xs, ys, es = zip(*sorted(pts))
+            es = [0.0 if e is None else e for e in es]
+            yerr = [[min(e, y) for y, e in zip(ys, es)], [min(e, 1 - y) for y, e in zip(ys, es)]]  # CI clipped to [0, 1]
+            style = {"color": "black", "ls": "--"} if m == "ravl" and not title.startswith("RaVL") else {}
+            if m == "random":
+                style = {"color": "grey", "ls": ":"}
+            ax.errorbar([x + dodge for x in xs], ys, yerr=yerr, marker="o", capsize=3, label=m, **style)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("Cramér's V of the planted correlation")
+        ax.set_xticks(xs_all)
+        ax.set_ylim(-0.02, 1.05)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0][0].set_ylabel("Precision@10")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

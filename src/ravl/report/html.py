@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ravl.report import figures
+import ravl.report.figures as figures
+from ravl.data.dataset import load_dataset
 from ravl.utils.io import atomic_write, atomic_write_text
 
 __all__ = ["write_report", "mitigation_section"]
@@ -121,8 +122,6 @@ def write_report(discovery: str | os.PathLike | dict[str, Any], dataset, out_dir
     Returns:
         Path of ``report.html``.
     """
-    from ravl.data.dataset import load_dataset
-
     if not isinstance(discovery, dict):
         discovery = json.loads(Path(discovery).read_text(encoding="utf-8"))
     if not hasattr(dataset, "records"):

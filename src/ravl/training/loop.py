@@ -30,10 +30,13 @@ import numpy as np
 import torch
 
 from ravl.exceptions import CheckpointError, DatasetError
+from ravl.models.base import set_load_record
+from ravl.models.checkpoint import save_checkpoint
 from ravl.training.losses import clip_loss
 from ravl.utils.io import atomic_write, atomic_write_json
 from ravl.utils.progress import progress as _progress
 from ravl.utils.validation import check_float, check_int
+from ravl.zeroshot import class_text_embeddings
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "ContrastiveObjective", "PixelStore"]
 
@@ -195,8 +198,6 @@ def _clamp_logit_scale(model) -> None:
 @torch.no_grad()
 def _validate(model, pixels: PixelStore, tokens: torch.Tensor, labels: np.ndarray, classes,
               objective, batch_size: int) -> dict[str, float]:
-    from ravl.zeroshot import class_text_embeddings
-
     model.module.eval()
     dev = model.device
     losses, embs = [], []
@@ -255,9 +256,6 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         DatasetError: When the training split is empty or lacks captions.
         CheckpointError: When ``out_dir`` holds the state of a run with another configuration.
     """
-    from ravl.models.base import set_load_record
-    from ravl.models.checkpoint import save_checkpoint
-
     config = config or FinetuneConfig()
     objective = objective or ContrastiveObjective()
     out = Path(out_dir)

@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
+from tqdm.auto import tqdm
+
 T = TypeVar("T")
 
 __all__ = ["progress", "progress_enabled"]
@@ -19,8 +21,6 @@ def progress_enabled() -> bool:
 def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: int | None = None,
              disable: bool | None = None, leave: bool = False, **kwargs: Any):
     """Wrap ``iterable`` in a tqdm progress bar written to stderr."""
-    from tqdm.auto import tqdm
-
     if disable is None:
         disable = not progress_enabled()
     return tqdm(iterable, desc=desc, total=total, disable=disable, leave=leave,

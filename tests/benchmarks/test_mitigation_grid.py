@@ -6,16 +6,19 @@ import math
 import numpy as np
 import pytest
 
-from ravl.evaluation.benchmark import SettingSpec
-from ravl.evaluation.mitigation_benchmark import (
+from ravl.benchmarks.grid import SettingSpec
+from ravl.benchmarks.mitigation import (
     MitigationBenchmarkConfig,
-    format_mitigation_summary,
     run_mitigation_grid,
     summarize_mitigation,
 )
-from ravl.exceptions import CheckpointError
+from ravl.exceptions import CheckpointError, UnknownNameError
+from ravl.mitigation import MitigationOptions
+from ravl.report.tables import format_mitigation_summary
+from ravl.training import FinetuneConfig
 
-TINY = MitigationBenchmarkConfig(n_train=600, n_eval=200, epochs=2, continue_epochs=1, batch_size=32, threads=1)
+TINY = MitigationBenchmarkConfig(n_train=600, n_eval=200, continue_epochs=1, threads=1,
+                                 finetune=FinetuneConfig(epochs=2, batch_size=32))
 SPEC = SettingSpec("red_square", "nine", 0.95, 0)
 METHODS = ("standard", "vl-erm", "ravl", "ravl-continue")
 
@@ -53,7 +56,7 @@ def test_rows_carry_stage1_and_the_four_metrics(tiny_grid):
 
 
 def test_rerun_resumes_without_recomputing(tiny_grid, monkeypatch):
-    import ravl.evaluation.mitigation_benchmark as mb
+    import ravl.benchmarks.mitigation as mb
 
     work, rows = tiny_grid
 
@@ -71,7 +74,8 @@ def test_rerun_resumes_without_recomputing(tiny_grid, monkeypatch):
 def test_refuses_another_configuration(tiny_grid):
     work, _ = tiny_grid
     with pytest.raises(CheckpointError, match="another configuration"):
-        run_mitigation_grid([SPEC], work, MitigationBenchmarkConfig(n_train=600, n_eval=200, epochs=3),
+        run_mitigation_grid([SPEC], work, MitigationBenchmarkConfig(n_train=600, n_eval=200,
+                                                                    finetune=FinetuneConfig(epochs=3)),
                             methods=("standard",), progress=False)
 
 
@@ -81,9 +85,17 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ValueError, match="Unknown MitigationBenchmarkConfig field"):
         MitigationBenchmarkConfig.from_dict({**d, "lr": 1})
     with pytest.raises(ValueError, match="'region_mode' parameter"):
-        MitigationBenchmarkConfig(region_mode="pixels")
-    with pytest.raises(ValueError, match="'methods\\[i\\]' parameter"):
+        MitigationBenchmarkConfig(options=MitigationOptions(region_mode="pixels"))
+    with pytest.raises(UnknownNameError, match="Unknown mitigation method 'magic'"):
         run_mitigation_grid([SPEC], "unused", TINY, methods=("ravl", "magic"), progress=False)
+    with pytest.raises(UnknownNameError, match="Unknown mitigation method 'ravel'.*Did you mean 'ravl'"):
+        MitigationBenchmarkConfig(method_configs={"ravel": {"lam": 0.5}})
+    with pytest.raises(ValueError, match="Unknown option\\(s\\) \\['lamda'\\] for mitigation method 'ravl'"):
+        MitigationBenchmarkConfig(method_configs={"ravl": {"lamda": 0.5}})
+    # only the fields that differ from the method's defaults are kept
+    cfg = MitigationBenchmarkConfig(method_configs={"ravl": {"lam": 1.0, "tau": 0.1}, "vl-gdro": {"eta": 0.01}})
+    assert cfg.method_configs == {"ravl": {"tau": 0.1}}
+    assert MitigationBenchmarkConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def _row(setting, method, p10, iwg, io=0.9, valid=True):
@@ -141,6 +153,9 @@ def test_cli_writes_tables_and_chart(tiny_grid, capsys):
     # another recipe in the same folder is refused with a clear error
     assert main([*argv, "--lam", "0.5"]) == 1
     assert "another configuration" in capsys.readouterr().err
+    # a method option of a method the grid does not run is a usage error
+    assert main([*argv[:9], "standard", "vl-erm", *argv[13:], "--lam", "0.5"]) == 2
+    assert "--lam is an option of method(s) ravl" in capsys.readouterr().err
 
 
 def test_ray_backend_gives_the_same_rows(tiny_grid, tmp_path):

@@ -17,14 +17,12 @@ Work folder layout::
 Everything is cached under the work folder and every setting's rows are appended to
 ``results.jsonl`` as soon as the setting finishes, so an interrupted run resumes where it stopped
 and a finished (setting, method) row is never recomputed. Settings run serially or as Ray tasks
-(:mod:`ravl.evaluation.backends`); each setting fixes its own thread counts
+(:mod:`ravl.benchmarks.backends`); each setting fixes its own thread counts
 (:attr:`BenchmarkConfig.threads`), so ``results.jsonl`` is byte-identical whichever backend ran it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import logging
 import os
@@ -32,45 +30,50 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ravl.benchmarks.backends import run_tasks
+from ravl.benchmarks.grid import (
+    SettingSpec,
+    append_jsonl,
+    file_lock,
+    grid,
+    mean_ci,
+    nan_to_none,
+    read_rows,
+    strict_from_dict,
+    thread_limits,
+)
+from ravl.data.dataset import load_dataset
+from ravl.data.digits import DIGIT_CLASSES
+from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
+from ravl.discovery.metrics import precision_at_k
+from ravl.discovery.pipeline import DiscoveryInputs, discovery_inputs
+from ravl.discovery.registry import (
+    RAVL_METHODS,
+    discovery_method_info,
+    get_discovery_method,
+    list_discovery_methods,
+)
+from ravl.evaluation.metrics import check_setting_validity, evaluate
+from ravl.exceptions import CheckpointError, UnknownNameError
+from ravl.models.base import load_model
+from ravl.training.loop import STATE_FILE, FinetuneConfig, finetune
+from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
 from ravl.utils.validation import check_float, check_int
 
 __all__ = ["SettingSpec", "BenchmarkConfig", "GridPreset", "GRID_PRESETS", "DEFAULT_METHODS", "SettingResult",
-           "grid", "run_setting", "run_grid", "summarize", "summary_tables", "format_summary", "method_adaptation",
-           "DISCOVERY_METHODS"]
+           "grid", "run_setting", "run_grid", "summarize", "summary_tables", "method_adaptation", "DISCOVERY_METHODS",
+           "ABLATIONS"]
 
 logger = logging.getLogger(__name__)
 
 #: Row fields that :func:`run_grid` writes to ``timings.jsonl`` instead of ``results.jsonl``.
 TIMING_FIELDS = ("method_seconds", "setup_seconds")
-
-
-@dataclass(frozen=True)
-class SettingSpec:
-    """One controlled setting of the grid."""
-
-    feature: str
-    spurious_class: str
-    cramers_v: float
-    seed: int = 0
-
-    @property
-    def key(self) -> str:
-        return f"{self.feature}-{self.spurious_class}-v{self.cramers_v:g}-s{self.seed}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SettingSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 @dataclass(frozen=True)
@@ -117,16 +120,7 @@ class BenchmarkConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BenchmarkConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        return _strict_from_dict(cls, d)
-
-
-def _strict_from_dict(cls, d: Mapping[str, Any]):
-    """``cls(**d)`` for a config dataclass, naming unknown keys (e.g. a folder from another version)."""
-    names = {f.name for f in fields(cls)}
-    extra = sorted(set(d) - names)
-    if extra:
-        raise ValueError(f"Unknown {cls.__name__} field(s) {extra}; known: {sorted(names)}.")
-    return cls(**d)
+        return strict_from_dict(cls, d)
 
 
 #: Default method list of the discovery grid: RaVL, its Table 2 ablations, Random, and every
@@ -166,7 +160,6 @@ class GridPreset:
 
 
 _FEATURES = ("red_square", "ring", "stripes")
-_DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 #: ``default``: sized to about 20 minutes on a 2-core machine (docs/benchmarks.md section 3); at
 #: this budget the tiny CLIP learns the shortcut partially (validity gaps ~0.6-0.9), the regime
@@ -177,18 +170,11 @@ GRID_PRESETS: dict[str, GridPreset] = {
     "default": GridPreset(_FEATURES, ("nine", "three"), (0.8, 0.95), (0,), BenchmarkConfig(),
                           "12 settings: 3 features x spurious classes {nine, three} x V in {0.8, 0.95}; "
                           "3,000 images x 5 epochs, 1,000 eval images (~20 min on 2 shared cores)"),
-    "paper": GridPreset(_FEATURES, _DIGITS, (0.7, 0.8, 0.9, 0.95, 0.99), (0,),
+    "paper": GridPreset(_FEATURES, DIGIT_CLASSES, (0.7, 0.8, 0.9, 0.95, 0.99), (0,),
                         BenchmarkConfig(n_train=10000, n_eval=2000, epochs=5),
                         "the reference's 50 settings per feature: 10 classes x V in {0.7, 0.8, 0.9, 0.95, 0.99}; "
                         "10,000 images"),
 }
-
-
-def grid(features: Sequence[str], spurious_classes: Sequence[str], strengths: Sequence[float],
-         seeds: Sequence[int] = (0,)) -> list[SettingSpec]:
-    """All combinations, in a stable order."""
-    return [SettingSpec(f, c, float(v), int(s))
-            for f, c, v, s in itertools.product(features, spurious_classes, strengths, seeds)]
 
 
 def _row(result) -> dict[str, Any]:
@@ -206,18 +192,12 @@ class _RegisteredMethods(Mapping):
     """
 
     def __getitem__(self, name: str) -> Callable[..., dict[str, Any]]:
-        from ravl.discovery.registry import get_discovery_method
-
         return _RowMethod(get_discovery_method(name))
 
     def __iter__(self) -> Iterator[str]:
-        from ravl.discovery.registry import list_discovery_methods
-
         return iter(list_discovery_methods())
 
     def __len__(self) -> int:
-        from ravl.discovery.registry import list_discovery_methods
-
         return len(list_discovery_methods())
 
 
@@ -241,22 +221,18 @@ def method_adaptation(name: str) -> str:
     ``"A"`` = image-then-region (the bare baseline names), ``"B"`` = region-as-sample
     (``*_region``); read from the registered ``adaptation`` default (docs/baselines.md).
     """
-    from ravl.discovery.registry import RAVL_METHODS, discovery_method_info
-
     if name in RAVL_METHODS:
         return "RaVL"
     if name == "random":
         return "-"
     try:
         info = discovery_method_info(name)
-    except KeyError:
+    except UnknownNameError:
         return "?"
     return {"image": "A", "region": "B"}.get(info.defaults.get("adaptation"), "?")
 
 
 def _precision(ranked: Sequence[int], attributes: Sequence[str], feature: str, k: int) -> float:
-    from ravl.discovery import precision_at_k
-
     return float(precision_at_k([attributes[i] for i in ranked], feature, k=k))
 
 
@@ -285,45 +261,6 @@ class SettingResult:
         return cls(tuple(d.get("rows", ())), tuple(d.get("timings", ())))
 
 
-@contextlib.contextmanager
-def _thread_limits(n: int) -> Iterator[None]:
-    """Torch intra-op threads, BLAS and OpenMP pools set to ``n``; the previous counts restored after."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    old = torch.get_num_threads()
-    with threadpool_limits(limits=n):
-        torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
-    """An exclusive ``flock`` on ``path`` (released when the process dies); yields whether it is held.
-
-    Without ``fcntl`` (Windows) no lock is taken and ``True`` is yielded.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield True
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def run_setting(spec: SettingSpec, work_dir: str | os.PathLike, config: BenchmarkConfig = BenchmarkConfig(), *,
                 methods: Sequence[str] = ("ravl",), progress: bool = False,
                 done: set[tuple[str, str]] | None = None) -> SettingResult:
@@ -343,21 +280,13 @@ def _run_setting(spec: SettingSpec, work_dir: Path, config: BenchmarkConfig,
     if not methods:
         return SettingResult()
     work = work_dir / spec.key
-    with _file_lock(work / ".lock"), _thread_limits(config.threads):
+    with file_lock(work / ".lock"), thread_limits(config.threads):
         return _compute_setting(spec, work, config, methods, progress=progress)
 
 
 def _compute_setting(spec: SettingSpec, work: Path, config: BenchmarkConfig,
                      methods: Sequence[tuple[str, Callable[..., dict[str, Any]]]], *, progress: bool
                      ) -> SettingResult:
-    from ravl.data.dataset import load_dataset
-    from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
-    from ravl.discovery.pipeline import DiscoveryInputs, discovery_inputs
-    from ravl.evaluation.metrics import check_setting_validity, evaluate
-    from ravl.models import load_model
-    from ravl.training.loop import STATE_FILE, FinetuneConfig, finetune
-    from ravl.utils.io import atomic_write_json, read_json
-
     stages: dict[str, float] = {}
     t0 = t = time.monotonic()
 
@@ -419,7 +348,7 @@ def _compute_setting(spec: SettingSpec, work: Path, config: BenchmarkConfig,
 
 @dataclass(frozen=True)
 class _SettingTask:
-    """One unit of work for :func:`ravl.evaluation.backends.run_tasks` (picklable)."""
+    """One unit of work for :func:`ravl.benchmarks.backends.run_tasks` (picklable)."""
 
     spec: SettingSpec
     work_dir: str
@@ -430,28 +359,6 @@ class _SettingTask:
 def _setting_task(task: _SettingTask) -> SettingResult:
     """The per-setting function shipped to the execution backend."""
     return _run_setting(task.spec, Path(task.work_dir), task.config, task.methods, progress=False)
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by an interruption: recomputed
-                continue
-    return rows
-
-
-def _append_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _canonical(rows: Sequence[dict[str, Any]], specs: Sequence[SettingSpec], methods: Sequence[str]
@@ -479,7 +386,7 @@ def run_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLike, config: 
         config: Shared sizes and budget; a folder holds the runs of one configuration.
         methods: Registered discovery method names, in the order rows are written.
         progress: Progress bar over settings.
-        backend: ``"serial"`` or ``"ray"`` (see :func:`ravl.evaluation.backends.run_tasks`).
+        backend: ``"serial"`` or ``"ray"`` (see :func:`ravl.benchmarks.backends.run_tasks`).
         num_workers: Ray: settings run at once (default: CPUs / ``config.threads``).
         ray_address: Ray: address of an existing cluster (default: a private local instance).
 
@@ -491,16 +398,12 @@ def run_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLike, config: 
         CheckpointError: ``work_dir`` holds a run with another configuration, or another process
             is running a grid in it.
     """
-    from ravl.evaluation.backends import run_tasks
-    from ravl.exceptions import CheckpointError
-    from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
-
     methods = list(dict.fromkeys(methods))
     resolved = {m: DISCOVERY_METHODS[m] for m in methods}  # unknown names fail here, before any work
     specs = list({s.key: s for s in specs}.values())
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    with _file_lock(work / ".run.lock", blocking=False) as held:
+    with file_lock(work / ".run.lock", blocking=False) as held:
         if not held:
             raise CheckpointError(f"Another process is running a benchmark grid in {work}; wait for it to finish "
                                   "or use another --out folder.")
@@ -510,7 +413,7 @@ def run_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLike, config: 
                                   "use another --out folder to run this one.")
         atomic_write_json(cfg_path, config.to_dict())
         res_path, tim_path = work / "results.jsonl", work / "timings.jsonl"
-        rows = _read_rows(res_path)
+        rows = read_rows(res_path)
         done = {(r["setting"], r["method"]) for r in rows}
         tasks = [_SettingTask(s, str(work), config, tuple((m, resolved[m]) for m in methods if (s.key, m) not in done))
                  for s in specs]
@@ -520,28 +423,14 @@ def run_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLike, config: 
         for _, result in run_tasks(_setting_task, tasks, backend=backend, num_workers=num_workers,
                                    ray_address=ray_address, threads=config.threads, progress=progress,
                                    desc="settings"):
-            _append_jsonl(res_path, result.rows)
-            _append_jsonl(tim_path, result.timings)
+            append_jsonl(res_path, result.rows)
+            append_jsonl(tim_path, result.timings)
             rows.extend(result.rows)
         ordered, rest = _canonical(rows, specs, methods)
         text = "".join(json.dumps(r) + "\n" for r in ordered + rest)
         if not res_path.exists() or res_path.read_text(encoding="utf-8") != text:
             atomic_write_text(res_path, text)
     return ordered
-
-
-def _mean_ci(x: Sequence[float]) -> tuple[float, float, int]:
-    """Mean and 95 % t-interval half-width."""
-    from scipy import stats
-
-    a = np.asarray(x, dtype=float)
-    n = len(a)
-    if n == 0:
-        return float("nan"), float("nan"), 0
-    if n == 1:
-        return float(a[0]), float("nan"), 1
-    half = float(stats.t.ppf(0.975, n - 1) * a.std(ddof=1) / np.sqrt(n))
-    return float(a.mean()), half, n
 
 
 def summarize(rows: Sequence[dict[str, Any]], *, valid_only: bool = True, by: str = "cramers_v"
@@ -554,7 +443,7 @@ def summarize(rows: Sequence[dict[str, Any]], *, valid_only: bool = True, by: st
         groups = sorted({r[by] for r in mr}) + ["all"]
         for g in groups:
             gr = mr if g == "all" else [r for r in mr if r[by] == g]
-            mean, half, n = _mean_ci([r["precision_at_10"] for r in gr])
+            mean, half, n = mean_ci([r["precision_at_10"] for r in gr])
             out.append({"method": m, by: g, "p_at_10": mean, "ci95": half, "n_settings": n,
                         "class_accuracy": float(np.mean([r["class_correct"] for r in gr])) if gr else float("nan")})
     return out
@@ -567,13 +456,10 @@ ABLATIONS = (("ravl_gap_only", "gap only", "yes", "no", "G_c", "yes"),
              ("ravl", "RaVL (full)", "yes", "yes", "G_c", "yes"))
 
 
-def _nan_to_none(x: float) -> float | None:
-    return None if x != x else x
-
-
 def summary_tables(rows: Sequence[dict[str, Any]], *, methods: Sequence[str] | None = None,
                    wall_seconds: float | None = None, config: BenchmarkConfig | None = None) -> dict[str, Any]:
-    """Everything ``summary.md`` shows, as a JSON-ready dict (``summary.json``; ``format_summary`` renders it).
+    """Everything ``summary.md`` shows, as a JSON-ready dict (``summary.json``;
+    :func:`ravl.report.tables.format_discovery_summary` renders it).
 
     Keys: ``n_settings``, ``n_valid``, ``min_gap``, ``strengths``, ``methods`` (name, adaptation,
     per-strength and overall mean P@10 with 95 % CI half-width and n, class accuracy),
@@ -581,8 +467,6 @@ def summary_tables(rows: Sequence[dict[str, Any]], *, methods: Sequence[str] | N
     non-random method overall and RaVL's ratio to it), ``wall_seconds`` and ``config``.
     NaN is written as ``null``.
     """
-    from ravl.discovery.registry import RAVL_METHODS
-
     methods = list(dict.fromkeys(methods if methods is not None else (r["method"] for r in rows)))
     rows = [r for r in rows if r["method"] in methods]
     summary = summarize(rows)
@@ -591,8 +475,8 @@ def summary_tables(rows: Sequence[dict[str, Any]], *, methods: Sequence[str] | N
     def cell(s: dict[str, Any] | None) -> dict[str, Any]:
         if s is None:
             return {"p_at_10": None, "ci95": None, "n": 0, "class_accuracy": None}
-        return {"p_at_10": _nan_to_none(s["p_at_10"]), "ci95": _nan_to_none(s["ci95"]), "n": s["n_settings"],
-                "class_accuracy": _nan_to_none(s["class_accuracy"])}
+        return {"p_at_10": nan_to_none(s["p_at_10"]), "ci95": nan_to_none(s["ci95"]), "n": s["n_settings"],
+                "class_accuracy": nan_to_none(s["class_accuracy"])}
 
     def find(m: str, v: Any) -> dict[str, Any] | None:
         return next((s for s in summary if s["method"] == m and s["cramers_v"] == v), None)
@@ -617,53 +501,3 @@ def summary_tables(rows: Sequence[dict[str, Any]], *, methods: Sequence[str] | N
             "min_gap": config.min_gap if config else None, "strengths": [f"{v:g}" for v in strengths],
             "methods": table, "ablation": ablation, "closest_baseline": closest, "wall_seconds": wall_seconds,
             "config": config.to_dict() if config else None}
-
-
-_ADAPTATION_TEXT = {"RaVL": "RaVL (regions)", "A": "A: image-then-region", "B": "B: region-as-sample",
-                    "-": "–", "?": "?"}
-
-
-def _fmt_cell(c: Mapping[str, Any]) -> str:
-    if not c["n"] or c["p_at_10"] is None:
-        return "–"
-    ci = "" if c["ci95"] is None else f" ± {c['ci95']:.2f}"
-    return f"{c['p_at_10']:.2f}{ci} (n={c['n']})"
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """``summary.md`` from :func:`summary_tables`' dict (so it can be regenerated from ``summary.json``)."""
-    strengths = summary["strengths"]
-    gap = summary.get("min_gap")
-    rule = f"spurious-class accuracy gap >= {gap:g} on eval val" if gap is not None else "see benchmark config"
-    md = [f"Valid settings: {summary['n_valid']} of {summary['n_settings']} (validity rule: {rule}).", ""]
-    if summary.get("wall_seconds") is not None:
-        md += [f"Wall time of this run: {summary['wall_seconds'] / 60:.1f} min.", ""]
-    md += ["Mean Precision@10 of the top discovered feature (± 95 % CI half-width; n = valid settings); "
-           "'class' = fraction of settings whose implicated class is the planted one. Adaptation: "
-           "A = image-then-region (bare baseline names), B = region-as-sample (`*_region`).", "",
-           "| method | adaptation | " + " | ".join(f"V = {v}" for v in strengths) + " | all | class |",
-           "|---|---|" + "---|" * (len(strengths) + 2)]
-    for t in summary["methods"]:
-        cells = [_fmt_cell(t["by_strength"][v]) for v in strengths] + [_fmt_cell(t["all"])]
-        ca = t["all"]["class_accuracy"]
-        cls = "–" if t["method"] == "random" or ca is None else f"{ca:.2f}"
-        md.append(f"| {t['method']} | {_ADAPTATION_TEXT.get(t['adaptation'], t['adaptation'])} | "
-                  + " | ".join(cells) + f" | {cls} |")
-    if summary["ablation"]:
-        md += ["", "Ablation (the paper's Table 2): RaVL's scoring variants on the same clusters; mean Precision@10 "
-               "± 95 % CI over valid settings.", "",
-               "| variant | method | spurious-pattern filter | influence filter (H_c >= 0.25) | ranked by | "
-               "balance weight | " + " | ".join(f"V = {v}" for v in strengths) + " | all | class |",
-               "|---|---|---|---|---|---|" + "---|" * (len(strengths) + 2)]
-        for a in summary["ablation"]:
-            cells = [_fmt_cell(a["by_strength"][v]) for v in strengths] + [_fmt_cell(a["all"])]
-            ca = a["all"]["class_accuracy"]
-            md.append(f"| {a['variant']} | {a['method']} | {a['spurious_filter']} | {a['influence_filter']} | "
-                      f"{a['ranked_by']} | {a['balance_weight']} | " + " | ".join(cells)
-                      + f" | {'–' if ca is None else f'{ca:.2f}'} |")
-    cb = summary.get("closest_baseline")
-    if cb is not None:
-        ratio = "–" if cb["ravl_ratio"] is None else f"{cb['ravl_ratio']:.2f}x"
-        md += ["", f"Closest baseline overall: {cb['method']} (adaptation {cb['adaptation']}, mean P@10 "
-               f"{cb['p_at_10']:.2f}); RaVL / closest = {ratio} (the paper reports ≈ 2.9x)."]
-    return "\n".join(md) + "\n"

@@ -31,6 +31,9 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from ravl.exceptions import InvalidParameterError
+from ravl.utils.optional import require
+from ravl.utils.progress import progress as bar
 from ravl.utils.validation import check_choice, check_int
 
 __all__ = ["BACKENDS", "run_tasks"]
@@ -86,10 +89,10 @@ def run_tasks(fn: Callable[[T], R], tasks: Iterable[T], *, backend: str = "seria
     if threads is not None:
         check_int(threads, "threads", "run_tasks", low=1)
     if not callable(fn):
-        raise TypeError(f"The 'fn' parameter of run_tasks must be callable. Got {fn!r} instead.")
+        raise InvalidParameterError(f"The 'fn' parameter of run_tasks must be callable. Got {fn!r} instead.")
     if backend == "serial" and ray_address is not None:
-        raise ValueError("The 'ray_address' parameter of run_tasks is only used with backend='ray'. "
-                         f"Got {ray_address!r} with backend='serial' instead.")
+        raise InvalidParameterError("The 'ray_address' parameter of run_tasks is only used with backend='ray'. "
+                                    f"Got {ray_address!r} with backend='serial' instead.")
     tasks = list(tasks)
     if backend == "serial":
         return _run_serial(fn, tasks, progress=progress, desc=desc)
@@ -98,8 +101,6 @@ def run_tasks(fn: Callable[[T], R], tasks: Iterable[T], *, backend: str = "seria
 
 
 def _bar(total: int, progress: bool, desc: str):
-    from ravl.utils.progress import progress as bar
-
     return bar(total=total, desc=desc, disable=None if progress else True, leave=True)
 
 
@@ -113,8 +114,6 @@ def _run_serial(fn, tasks: list, *, progress: bool, desc: str) -> Iterator[tuple
 
 def _run_ray(fn, tasks: list, *, num_workers: int | None, ray_address: str | None, threads: int,
              progress: bool, desc: str) -> Iterator[tuple[Any, Any]]:
-    from ravl.utils.optional import require
-
     ray = require("ray", extra="ray", purpose="the Ray benchmark backend")
     if not tasks:
         return

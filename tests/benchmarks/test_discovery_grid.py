@@ -10,21 +10,21 @@ import math
 import numpy as np
 import pytest
 
-from ravl.cli import build_parser, main
-from ravl.evaluation.benchmark import (
+from ravl.benchmarks.discovery import (
     DEFAULT_METHODS,
     GRID_PRESETS,
     BenchmarkConfig,
     SettingSpec,
-    _file_lock,
-    format_summary,
     grid,
     method_adaptation,
     run_grid,
     summarize,
     summary_tables,
 )
-from ravl.exceptions import CheckpointError
+from ravl.benchmarks.grid import file_lock
+from ravl.cli import build_parser, main
+from ravl.exceptions import CheckpointError, InvalidParameterError
+from ravl.report.tables import format_discovery_summary
 
 # Two settings the tiny CLIP learns at this small budget (validity gap well above 0.1).
 SMOKE = ["--features", "red_square", "stripes", "--spurious-classes", "nine", "--strengths", "0.95",
@@ -69,10 +69,10 @@ def test_presets_and_default_methods():
 
 
 def test_cli_grid_resolution():
-    from ravl.cli.benchmark import _discover_plan
+    from ravl.cli.benchmark_discover import plan as discover_plan
 
     def plan(*argv):
-        return _discover_plan(build_parser().parse_args(["benchmark", "discover", *argv]))
+        return discover_plan(build_parser().parse_args(["benchmark", "discover", *argv]))
 
     specs, cfg, methods = plan("--grid", "paper")
     assert len(specs) == 150 and cfg == GRID_PRESETS["paper"].config and methods == list(DEFAULT_METHODS)
@@ -81,9 +81,9 @@ def test_cli_grid_resolution():
     assert cfg.n_eval == 2000
     specs, cfg, _ = plan()
     assert specs == GRID_PRESETS["default"].specs() and cfg == BenchmarkConfig()
-    with pytest.raises(SystemExit, match="--backend ray"):
+    with pytest.raises(InvalidParameterError, match="--backend ray"):
         plan("--workers", "2")
-    with pytest.raises(SystemExit, match="threads"):
+    with pytest.raises(InvalidParameterError, match="threads"):
         plan("--threads", "0")
 
 
@@ -124,7 +124,7 @@ def test_summary_tables_ablation_adaptations_and_json():
     assert {t["method"]: t["adaptation"] for t in s["methods"]}["domino_region"] == "B"
     assert s["closest_baseline"]["method"] == "domino"
     assert s["closest_baseline"]["ravl_ratio"] == pytest.approx(0.95 / 0.3)
-    md = format_summary(json.loads(json.dumps(s)))
+    md = format_discovery_summary(json.loads(json.dumps(s)))
     assert "| domino | A: image-then-region |" in md and "| domino_region | B: region-as-sample |" in md
     assert "Table 2" in md and "| unweighted gap | ravl_unweighted | yes | yes | G_c | no (w = 1) |" in md
     assert "Valid settings: 2 of 3" in md and "Wall time of this run: 1.5 min" in md
@@ -167,16 +167,16 @@ def test_rerun_and_interrupted_run_resume(smoke_run):
 
 
 def test_one_grid_per_folder_and_one_builder_per_setting(smoke_run):
-    with _file_lock(smoke_run / ".run.lock") as held:
+    with file_lock(smoke_run / ".run.lock") as held:
         assert held
         with pytest.raises(CheckpointError, match="Another process is running a benchmark grid"):
             run_grid(grid(["red_square"], ["nine"], [0.95]), smoke_run, BenchmarkConfig(), methods=["ravl"])
     lock = smoke_run / "red_square-nine-v0.95-s0" / ".lock"
-    with _file_lock(lock) as held:
+    with file_lock(lock) as held:
         assert held
-        with _file_lock(lock, blocking=False) as again:
+        with file_lock(lock, blocking=False) as again:
             assert not again  # a second builder would wait here
-    with _file_lock(lock, blocking=False) as again:
+    with file_lock(lock, blocking=False) as again:
         assert again
 
 

@@ -29,7 +29,7 @@ Work folder layout::
 
 Every step is cached and every training run is resumable, so an interrupted benchmark resumes
 where it stopped; a finished (setting, method) row is never recomputed. Settings run serially or
-as Ray tasks (:mod:`ravl.evaluation.backends`) with identical results.
+as Ray tasks (:mod:`ravl.benchmarks.backends`) with identical results.
 """
 
 from __future__ import annotations
@@ -39,36 +39,76 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-
-from ravl.evaluation.benchmark import (
+from ravl.benchmarks.backends import run_tasks
+from ravl.benchmarks.grid import (
     SettingSpec,
-    _append_jsonl,
-    _file_lock,
-    _mean_ci,
-    _read_rows,
-    _strict_from_dict,
-    _thread_limits,
+    append_jsonl,
+    file_lock,
     grid,
+    mean_ci,
+    nan_to_none,
+    read_rows,
+    strict_from_dict,
+    thread_limits,
 )
-from ravl.evaluation.metrics import SUMMARY_METRICS
-from ravl.utils.validation import check_choice, check_float, check_int
+from ravl.data.dataset import load_dataset
+from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
+from ravl.discovery.metrics import precision_at_k
+from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
+from ravl.discovery.result import DiscoveryResult
+from ravl.evaluation.metrics import SUMMARY_METRICS, check_setting_validity, evaluate
+from ravl.exceptions import CheckpointError, InvalidParameterError
+from ravl.mitigation.api import MitigationOptions, mitigate
+from ravl.mitigation.labelling import label_regions
+from ravl.mitigation.registry import get_mitigation_method, list_mitigation_methods
+from ravl.models.base import load_model
+from ravl.models.regions import DEFAULT_REGION_MODE
+from ravl.training.loop import FinetuneConfig, finetune
+from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
+from ravl.utils.validation import check_float, check_int
 
-__all__ = ["MITIGATION_BENCHMARK_METHODS", "MitigationBenchmarkConfig", "run_mitigation_setting",
-           "run_mitigation_grid", "summarize_mitigation", "format_mitigation_summary", "grid"]
+__all__ = ["CONTINUE_SUFFIX", "benchmark_methods", "default_benchmark_methods", "check_benchmark_method",
+           "MitigationBenchmarkConfig", "run_mitigation_setting", "run_mitigation_grid", "summarize_mitigation",
+           "grid"]
 
 logger = logging.getLogger(__name__)
 
-#: Benchmark method names: the :data:`ravl.mitigation.api.METHODS` (from the original
-#: initialisation) plus ``ravl-continue`` (RaVL continued from the audited weights).
-MITIGATION_BENCHMARK_METHODS = ("standard", "upsample", "vl-erm", "vl-gdro", "spurious-aware", "cfr", "ravl",
-                                "ravl-continue")
+#: ``NAME-continue`` runs the registered method NAME from the audited weights for
+#: :attr:`MitigationBenchmarkConfig.continue_epochs` (e.g. ``ravl-continue``).
+CONTINUE_SUFFIX = "-continue"
 
 #: Row fields that go to ``timings.jsonl`` instead of ``results.jsonl``.
 TIMING_FIELDS = ("method_seconds", "setup_seconds")
+
+
+def benchmark_methods() -> list[str]:
+    """Every name the benchmark accepts: each registered mitigation method (from the initialisation)
+    and its ``NAME-continue`` variant (from the audited weights)."""
+    names = list_mitigation_methods()
+    return names + [n + CONTINUE_SUFFIX for n in names]
+
+
+def default_benchmark_methods() -> list[str]:
+    """The default method list: every registered method in registration order, then ``ravl-continue``."""
+    names = list_mitigation_methods()
+    return names + (["ravl" + CONTINUE_SUFFIX] if "ravl" in names else [])
+
+
+def check_benchmark_method(name: str, caller: str = "the mitigation benchmark") -> tuple[str, str]:
+    """``(registered method, start)`` of a benchmark method name; unknown names raise with close matches."""
+    base, start = name, "init"
+    if isinstance(name, str) and name.endswith(CONTINUE_SUFFIX):
+        base, start = name[: -len(CONTINUE_SUFFIX)], "checkpoint"
+    get_mitigation_method(base, where=f"a method of {caller}")
+    return base, start
+
+
+def _default_finetune() -> FinetuneConfig:
+    return FinetuneConfig(epochs=4, batch_size=128)
 
 
 @dataclass(frozen=True)
@@ -78,73 +118,77 @@ class MitigationBenchmarkConfig:
     Attributes:
         n_train: Fine-tuning images per setting (5 % of them validation).
         n_eval: Evaluation images (half val: discovery and validity; half test: the metrics).
-        epochs: Epochs of the original fine-tuning, and of every method started from init.
-        continue_epochs: Epochs of ``ravl-continue`` (from the audited weights).
-        batch_size: Fine-tuning batch size.
+        continue_epochs: Epochs of the ``NAME-continue`` methods (from the audited weights).
         source: Digit source of :func:`ravl.make_spurious_benchmark`.
         min_gap: Validity rule threshold (spurious-class accuracy gap on eval val).
         k: Precision@k cut-off of the discovery score.
-        region_mode: Region embedding mode of discovery, labelling and the RaVL loss.
-        features: Discovered features treated as spurious: ``"class"`` (every feature tied to
-            the top feature's class), ``"top"``, ``"all"`` or ranks like ``"1,2"``.
-        min_gap_ratio: See :class:`ravl.mitigation.api.MitigationOptions`.
-        assignment_quantile: See :class:`ravl.mitigation.api.MitigationOptions`.
-        lam: λ of the RaVL loss.
-        eta: Group DRO step size.
-        spurious_names: Spurious-Aware's attribute names (empty: its L_ls is off; discovery does
-            not name the feature, so by default none is given).
         threads: Torch / BLAS / OpenMP threads inside each setting (fixed, so results do not
             depend on the process or backend).
+        finetune: The recipe of the original (audited) fine-tuning and of every method started
+            from the initialisation; its ``seed`` is replaced by each setting's seed.
+        options: What every mitigation method shares (:class:`~ravl.mitigation.MitigationOptions`);
+            its ``region_mode`` (``None``: the library default) is also discovery's and the
+            evaluation's, its ``templates`` (``None``: the captions' templates) the class text.
+        method_configs: Per registered method, the fields of its config that differ from the
+            defaults, e.g. ``{"ravl": {"lam": 0.5}, "vl-gdro": {"eta": 0.1}}``
+            (``NAME-continue`` uses NAME's).
     """
 
     n_train: int = 6000
     n_eval: int = 2000
-    epochs: int = 4
     continue_epochs: int = 2
-    batch_size: int = 128
     source: str = "sklearn"
     min_gap: float = 0.1
     k: int = 10
-    region_mode: str = "masked"
-    features: str = "class"
-    min_gap_ratio: float = 0.5
-    assignment_quantile: float | None = 0.05
-    lam: float = 1.0
-    eta: float = 0.01
-    spurious_names: tuple[str, ...] = ()
     threads: int = 2
+    finetune: FinetuneConfig = field(default_factory=_default_finetune)
+    options: MitigationOptions = field(default_factory=MitigationOptions)
+    method_configs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         c = "MitigationBenchmarkConfig"
-        for name, low in (("n_train", 20), ("n_eval", 20), ("epochs", 1), ("continue_epochs", 1), ("batch_size", 2),
-                          ("k", 1), ("threads", 1)):
+        for name, low in (("n_train", 20), ("n_eval", 20), ("continue_epochs", 1), ("k", 1), ("threads", 1)):
             check_int(getattr(self, name), name, c, low=low)
         check_float(self.min_gap, "min_gap", c, low=-1, high=1)
-        check_float(self.min_gap_ratio, "min_gap_ratio", c, low=0, high=1)
-        if self.assignment_quantile is not None:
-            check_float(self.assignment_quantile, "assignment_quantile", c, low=0, high=1)
-        check_float(self.lam, "lam", c, low=0)
-        check_float(self.eta, "eta", c, low=0)
-        from ravl.models.regions import REGION_MODES
+        if isinstance(self.finetune, Mapping):
+            object.__setattr__(self, "finetune", FinetuneConfig.from_dict(self.finetune))
+        if isinstance(self.options, Mapping):
+            object.__setattr__(self, "options", MitigationOptions.from_dict(self.options))
+        if not isinstance(self.finetune, FinetuneConfig):
+            raise InvalidParameterError(f"The 'finetune' parameter of {c} must be a FinetuneConfig. "
+                                        f"Got {type(self.finetune).__name__}.")
+        if not isinstance(self.options, MitigationOptions):
+            raise InvalidParameterError(f"The 'options' parameter of {c} must be a MitigationOptions. "
+                                        f"Got {type(self.options).__name__}.")
+        configs = {}
+        for name, cfg in dict(self.method_configs).items():
+            spec = get_mitigation_method(name, where=f"the 'method_configs' parameter of {c}")
+            configs[name] = spec.make_config(dict(cfg)).to_dict() if not hasattr(cfg, "to_dict") else cfg.to_dict()
+            # only the fields that differ from the defaults are kept, so equal configs compare equal
+            defaults = spec.make_config(None).to_dict()
+            configs[name] = {k: v for k, v in configs[name].items() if defaults.get(k) != v}
+        object.__setattr__(self, "method_configs", {k: v for k, v in configs.items() if v})
 
-        check_choice(self.region_mode, "region_mode", c, REGION_MODES)
-        object.__setattr__(self, "spurious_names", tuple(self.spurious_names))
+    @property
+    def region_mode(self) -> str:
+        """Region embedding mode of discovery, labelling, region losses and the evaluation."""
+        return self.options.region_mode or DEFAULT_REGION_MODE
+
+    def method_config(self, method: str) -> dict[str, Any]:
+        """The config fields given for a registered method (``{}``: its defaults)."""
+        return dict(self.method_configs.get(method, {}))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``benchmark_config.json``)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {"n_train": self.n_train, "n_eval": self.n_eval, "continue_epochs": self.continue_epochs,
+                "source": self.source, "min_gap": self.min_gap, "k": self.k, "threads": self.threads,
+                "finetune": self.finetune.to_dict(), "options": self.options.to_dict(),
+                "method_configs": {k: dict(v) for k, v in sorted(self.method_configs.items())}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MitigationBenchmarkConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        return _strict_from_dict(cls, d)
-
-
-def _features_option(text: str):
-    t = str(text).strip().lower()
-    if t in ("class", "top", "all"):
-        return t
-    return tuple(int(p) for p in t.split(","))
+        return strict_from_dict(cls, d)
 
 
 @dataclass(frozen=True)
@@ -176,10 +220,6 @@ def _metrics_row(ev, spurious_class: str) -> dict[str, Any]:
 def _evaluate_dir(ckpt: Path, ev_ds, spurious_class: str, feature: str, templates, region_mode: str,
                   progress: bool) -> dict[str, Any]:
     """Evaluate a checkpoint on the eval test split once; cached in ``ckpt/benchmark_eval.json``."""
-    from ravl.evaluation.metrics import evaluate
-    from ravl.models import load_model
-    from ravl.utils.io import atomic_write_json, read_json
-
     path = ckpt / "benchmark_eval.json"
     if path.exists():
         return read_json(path)
@@ -192,22 +232,13 @@ def _evaluate_dir(ckpt: Path, ev_ds, spurious_class: str, feature: str, template
 
 
 def _stage1(spec: SettingSpec, work: Path, config: MitigationBenchmarkConfig, progress: bool) -> _Stage1:
-    from ravl.data.dataset import load_dataset
-    from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
-    from ravl.discovery import precision_at_k
-    from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
-    from ravl.evaluation.metrics import check_setting_validity, evaluate
-    from ravl.models import load_model
-    from ravl.training.loop import FinetuneConfig, finetune
-    from ravl.utils.io import atomic_write_json, read_json
-
     setting = make_spurious_benchmark(work / "setting", spurious_class=spec.spurious_class, feature=spec.feature,
                                       cramers_v=spec.cramers_v, n_train=config.n_train, n_eval=config.n_eval,
                                       source=config.source, random_state=spec.seed, progress=progress)
     audited_dir = work / "model"
     model = load_model("tiny", seed=spec.seed)
     finetune(model, load_dataset(setting.train_dir), audited_dir,
-             FinetuneConfig(epochs=config.epochs, batch_size=config.batch_size, seed=spec.seed),
+             replace(config.finetune, seed=spec.seed),
              progress=progress, init={"model": "tiny", "seed": spec.seed, "checkpoint": None})
     ev = load_dataset(setting.eval_dir)
     disc_dir = work / "discovery"
@@ -243,44 +274,31 @@ def _mitigate_one(spec: SettingSpec, work: Path, config: MitigationBenchmarkConf
 
     ``datasets`` caches the setting's loaded ``"train"`` / ``"eval"`` datasets across methods.
     """
-    from dataclasses import replace
-
-    from ravl.data.dataset import load_dataset
-    from ravl.data.synthetic import CAPTION_TEMPLATES
-    from ravl.mitigation.api import MitigationOptions, mitigate
-    from ravl.mitigation.labelling import label_regions
-    from ravl.models import load_model
-    from ravl.training.loop import FinetuneConfig
-
-    cfg = FinetuneConfig(epochs=config.epochs, batch_size=config.batch_size, seed=spec.seed)
+    cfg = replace(config.finetune, seed=spec.seed)
+    base_method, start = check_benchmark_method(method)
     if method == "standard":
         # mitigate(method="standard", start="init") with the audited recipe reproduces the audited
         # fine-tuning bit for bit (tests/mitigation/test_api.py), so its metrics are the audited model's.
-        return {"start": "init", "epochs": config.epochs, "reused_audited": True, **s1.audited_metrics,
+        return {"start": "init", "epochs": cfg.epochs, "reused_audited": True, **s1.audited_metrics,
                 "labelling_precision": None, "labelling_recall": None, "val_zero_shot_accuracy": None}, labelling
     if s1.n_features == 0:
         return {"start": None, "epochs": None, "skipped": "discovery found no feature"}, labelling
     if not datasets:
         datasets.update(train=load_dataset(s1.setting.train_dir), eval=load_dataset(s1.setting.eval_dir))
     train, ev = datasets["train"], datasets["eval"]
+    opts = replace(config.options, templates=config.options.templates or tuple(CAPTION_TEMPLATES))
     if labelling is None:
-        from ravl.discovery import DiscoveryResult
-
         audited = load_model(None, checkpoint=s1.audited_dir)
         labelling = label_regions(audited, train, DiscoveryResult.from_json(s1.discovery_path),
-                                  features=_features_option(config.features), region_mode=config.region_mode,
-                                  split=cfg.train_split, min_gap_ratio=config.min_gap_ratio,
-                                  assignment_quantile=config.assignment_quantile, progress=progress)
-    start = "checkpoint" if method == "ravl-continue" else "init"
+                                  features=opts.features, region_mode=config.region_mode,
+                                  split=cfg.train_split, min_gap_ratio=opts.min_gap_ratio,
+                                  assignment_quantile=opts.assignment_quantile, progress=progress)
     if start == "checkpoint":
         cfg = replace(cfg, epochs=config.continue_epochs)
-    opts = MitigationOptions(features=_features_option(config.features), min_gap_ratio=config.min_gap_ratio,
-                             assignment_quantile=config.assignment_quantile, region_mode=config.region_mode,
-                             lam=config.lam, eta=config.eta, spurious_names=config.spurious_names,
-                             templates=tuple(CAPTION_TEMPLATES))
     out = work / method
-    res = mitigate(s1.audited_dir, train, s1.discovery_path, out_dir=out, method=method.replace("-continue", ""),
-                   start=start, config=cfg, options=opts, labelling=labelling, progress=progress)
+    res = mitigate(s1.audited_dir, train, s1.discovery_path, out_dir=out, method=base_method, start=start,
+                   config=cfg, options=opts, method_config=config.method_config(base_method), labelling=labelling,
+                   progress=progress)
     metrics = _evaluate_dir(out, ev, spec.spurious_class, spec.feature, CAPTION_TEMPLATES, config.region_mode,
                             progress)
     truth = (res.labelling or {}).get("truth") or {}
@@ -292,22 +310,23 @@ def _mitigate_one(spec: SettingSpec, work: Path, config: MitigationBenchmarkConf
 
 def run_mitigation_setting(spec: SettingSpec, work_dir: str | os.PathLike,
                            config: MitigationBenchmarkConfig = MitigationBenchmarkConfig(), *,
-                           methods: Sequence[str] = MITIGATION_BENCHMARK_METHODS, progress: bool = False,
+                           methods: Sequence[str] | None = None, progress: bool = False,
                            done: set[tuple[str, str]] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Stage 1 then ``methods`` on one setting; returns ``(result rows, timing rows)``.
 
     Rows of ``(spec.key, method)`` pairs in ``done`` are skipped. Runs with ``config.threads``
     threads (restored afterwards) and holds a lock on the setting's folder.
     """
+    methods = default_benchmark_methods() if methods is None else list(methods)
     for m in methods:
-        check_choice(m, "methods[i]", "run_mitigation_setting", MITIGATION_BENCHMARK_METHODS)
+        check_benchmark_method(m, "run_mitigation_setting")
     done = done or set()
     todo = [m for m in methods if (spec.key, m) not in done]
     if not todo:
         return [], []
     work = Path(work_dir) / spec.key
     work.mkdir(parents=True, exist_ok=True)
-    with _file_lock(work / ".lock"), _thread_limits(config.threads):
+    with file_lock(work / ".lock"), thread_limits(config.threads):
         t0 = time.monotonic()
         s1 = _stage1(spec, work, config, progress)
         setup_s = round(time.monotonic() - t0, 3)
@@ -350,7 +369,7 @@ def _canonical(rows: Sequence[dict[str, Any]], specs: Sequence[SettingSpec], met
 
 def run_mitigation_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLike,
                         config: MitigationBenchmarkConfig = MitigationBenchmarkConfig(), *,
-                        methods: Sequence[str] = MITIGATION_BENCHMARK_METHODS, backend: str = "serial",
+                        methods: Sequence[str] | None = None, backend: str = "serial",
                         num_workers: int | None = None, ray_address: str | None = None,
                         progress: bool = True) -> list[dict[str, Any]]:
     """Run every setting (resuming from ``work_dir/results.jsonl``) and return its rows in grid order.
@@ -359,8 +378,9 @@ def run_mitigation_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLik
         specs: The settings (:func:`grid`).
         work_dir: Work folder (see the module docstring); one configuration per folder.
         config: Sizes, recipe and options.
-        methods: Names from :data:`MITIGATION_BENCHMARK_METHODS`.
-        backend: ``"serial"`` or ``"ray"`` (:func:`ravl.evaluation.backends.run_tasks`).
+        methods: Registered mitigation methods and ``NAME-continue`` variants
+            (default: :func:`default_benchmark_methods`).
+        backend: ``"serial"`` or ``"ray"`` (:func:`ravl.benchmarks.backends.run_tasks`).
         num_workers: Ray: settings at once (default: CPUs / ``config.threads``).
         ray_address: Ray: an existing cluster's address (default: a private local Ray).
         progress: Progress bar over settings.
@@ -368,12 +388,9 @@ def run_mitigation_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLik
     Raises:
         CheckpointError: When ``work_dir`` holds a run with another configuration.
     """
-    from ravl.evaluation.backends import run_tasks
-    from ravl.exceptions import CheckpointError
-    from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
-
+    methods = default_benchmark_methods() if methods is None else list(methods)
     for m in methods:
-        check_choice(m, "methods[i]", "run_mitigation_grid", MITIGATION_BENCHMARK_METHODS)
+        check_benchmark_method(m, "run_mitigation_grid")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "benchmark_config.json"
@@ -382,7 +399,7 @@ def run_mitigation_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLik
                               f"({read_json(cfg_path)}); use another --out folder to run this one.")
     atomic_write_json(cfg_path, config.to_dict())
     res_path, tim_path = work / "results.jsonl", work / "timings.jsonl"
-    rows = _read_rows(res_path)
+    rows = read_rows(res_path)
     done = {(r["setting"], r["method"]) for r in rows}
     tasks = []
     for spec in dict.fromkeys(specs):
@@ -393,8 +410,8 @@ def run_mitigation_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLik
                                             ray_address=ray_address, threads=config.threads, progress=progress,
                                             desc="settings"):
         if new:
-            _append_jsonl(res_path, new)
-            _append_jsonl(tim_path, timings)
+            append_jsonl(res_path, new)
+            append_jsonl(tim_path, timings)
             rows.extend(new)
     out = _canonical(rows, specs, methods)
     # Rows of other settings / methods stay in the file, after the requested ones.
@@ -427,8 +444,8 @@ def summarize_mitigation(rows: Sequence[dict[str, Any]], *, thresholds: Sequence
     valid = [r for r in rows if r.get("valid") and not r.get("skipped")]
     seen = list(dict.fromkeys(r["method"] for r in rows))
     # the benchmark's own order first (a resumed run may have appended rows out of order)
-    methods = [m for m in MITIGATION_BENCHMARK_METHODS if m in seen] + \
-              [m for m in seen if m not in MITIGATION_BENCHMARK_METHODS]
+    order = default_benchmark_methods()
+    methods = [m for m in order if m in seen] + [m for m in seen if m not in order]
     out = {"baseline": baseline, "n_settings": len({r["setting"] for r in rows}),
            "n_valid": len({r["setting"] for r in rows if r.get("valid")}), "thresholds": []}
     base = {r["setting"]: r for r in valid if r["method"] == baseline}
@@ -440,55 +457,13 @@ def summarize_mitigation(rows: Sequence[dict[str, Any]], *, thresholds: Sequence
             entry: dict[str, Any] = {"method": m, "n": len(mr), "delta": {}}
             for name in SUMMARY_METRICS:
                 vals = [v for v in (_metric(r, name) for r in mr) if v is not None]
-                mean, half, n = _mean_ci(vals)
-                entry[name] = {"mean": _none(mean), "ci95": _none(half), "n": n}
+                mean, half, n = mean_ci(vals)
+                entry[name] = {"mean": nan_to_none(mean), "ci95": nan_to_none(half), "n": n}
                 diffs = [_metric(r, name) - _metric(base[r["setting"]], name) for r in mr
                          if r["setting"] in base and _metric(r, name) is not None
                          and _metric(base[r["setting"]], name) is not None]
-                mean, half, n = _mean_ci(diffs)
-                entry["delta"][name] = {"mean": _none(mean), "ci95": _none(half), "n": n}
+                mean, half, n = mean_ci(diffs)
+                entry["delta"][name] = {"mean": nan_to_none(mean), "ci95": nan_to_none(half), "n": n}
             block["methods"].append(entry)
         out["thresholds"].append(block)
     return out
-
-
-def _none(x: float) -> float | None:
-    return None if x != x else float(x)
-
-
-def _cell(c: Mapping[str, Any], *, signed: bool = False, scale: float = 100.0) -> str:
-    if not c or c.get("mean") is None:
-        return "–"
-    mean = c["mean"] * scale
-    s = f"{mean:+.1f}" if signed else f"{mean:.1f}"
-    if c.get("ci95") is not None:
-        s += f" ± {c['ci95'] * scale:.1f}"
-    return s
-
-
-def format_mitigation_summary(summary: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> str:
-    """Markdown: one Table 3-shaped table per P@10 threshold, plus the paired differences."""
-    lines = [f"Valid settings: {summary['n_valid']} of {summary['n_settings']} (validity rule: spurious-class "
-             "accuracy gap >= 0.1 on eval val)."]
-    if config:
-        lines.append(f"Per setting: {config.get('n_train')} training images, {config.get('epochs')} epochs from the "
-                     f"tiny CLIP's initialisation (ravl-continue: {config.get('continue_epochs')} epochs from the "
-                     f"audited weights), region mode {config.get('region_mode')}, λ = {config.get('lam')}, "
-                     f"features = {config.get('features')}.")
-    lines.append("")
-    head = "| method | " + " | ".join(SUMMARY_METRICS) + " | n |"
-    sep = "|---|" + "---|" * (len(SUMMARY_METRICS) + 1)
-    for block in summary["thresholds"]:
-        lines += [f"### Settings with Stage-1 P@10 > {block['threshold']:g} (n = {block['n_settings']})", "",
-                  "Accuracy in % (mean ± 95 % CI half-width over settings), zero-shot on the evaluation test split.",
-                  "", head, sep]
-        for e in block["methods"]:
-            lines.append(f"| {e['method']} | " + " | ".join(_cell(e[m]) for m in SUMMARY_METRICS) + f" | {e['n']} |")
-        lines += ["", f"Paired difference to {summary['baseline']} (points, same setting):", "", head, sep]
-        for e in block["methods"]:
-            if e["method"] == summary["baseline"]:
-                continue
-            lines.append(f"| {e['method']} | " + " | ".join(_cell(e["delta"][m], signed=True)
-                                                             for m in SUMMARY_METRICS) + f" | {e['n']} |")
-        lines.append("")
-    return "\n".join(lines) + "\n"
