@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -15,6 +17,7 @@ def _python_example() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     code = _python_example()
     for old, new in [("n_train=4000", "n_train=600, n_eval=400"), ("epochs=5", "epochs=2")]:

@@ -1,4 +1,4 @@
-"""Zero-shot classification with prompt-template ensembles (method.md §1).
+"""Zero-shot classification with prompt-template ensembles (docs/algorithm.md §1).
 
 The class text embedding is ``t_y = normalize(mean_k normalize(g(template_k(y))))`` and the
 probabilities are ``softmax(<e, t_y> / temperature)`` for an L2-normalised image or region

@@ -130,6 +130,7 @@ def test_summary_tables_ablation_adaptations_and_json():
     assert "Valid settings: 2 of 3" in md and "Wall time of this run: 1.5 min" in md
 
 
+@pytest.mark.slow
 def test_smoke_ravl_finds_the_feature_and_ranks_first(smoke_run):
     s = json.loads((smoke_run / "summary.json").read_text())
     assert s["n_settings"] == 2 and s["n_valid"] == 2
@@ -148,6 +149,7 @@ def test_smoke_ravl_finds_the_feature_and_ranks_first(smoke_run):
     assert (smoke_run / "p_at_10_vs_strength.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_rerun_and_interrupted_run_resume(smoke_run):
     res, tim = smoke_run / "results.jsonl", smoke_run / "timings.jsonl"
     before, n_timings = res.read_bytes(), len(_lines(tim))
@@ -180,6 +182,7 @@ def test_one_grid_per_folder_and_one_builder_per_setting(smoke_run):
         assert again
 
 
+@pytest.mark.slow
 def test_ray_backend_gives_byte_identical_results(smoke_run, tmp_path):
     """Both settings rebuilt from scratch in two Ray workers; results.jsonl equal byte for byte.
 

@@ -30,6 +30,7 @@ def tiny_grid(tmp_path_factory):
     return work, rows
 
 
+@pytest.mark.slow
 def test_rows_carry_stage1_and_the_four_metrics(tiny_grid):
     work, rows = tiny_grid
     assert [r["method"] for r in rows] == list(METHODS)
@@ -55,6 +56,7 @@ def test_rows_carry_stage1_and_the_four_metrics(tiny_grid):
     assert {(t["setting"], t["method"]) for t in tim} == {(SPEC.key, m) for m in METHODS}
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_recomputing(tiny_grid, monkeypatch):
     import ravl.benchmarks.mitigation as mb
 
@@ -71,6 +73,7 @@ def test_rerun_resumes_without_recomputing(tiny_grid, monkeypatch):
                                                      progress=False)] == ["ravl", "standard"]
 
 
+@pytest.mark.slow
 def test_refuses_another_configuration(tiny_grid):
     work, _ = tiny_grid
     with pytest.raises(CheckpointError, match="another configuration"):
@@ -133,6 +136,7 @@ def test_summary_means_intervals_thresholds_and_paired_deltas():
     assert [e["method"] for e in s2["thresholds"][0]["methods"]] == ["standard", "ravl"]
 
 
+@pytest.mark.slow
 def test_cli_writes_tables_and_chart(tiny_grid, capsys):
     from ravl.cli import main
 
@@ -158,6 +162,7 @@ def test_cli_writes_tables_and_chart(tiny_grid, capsys):
     assert "--lam is an option of method(s) ravl" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ray_backend_gives_the_same_rows(tiny_grid, tmp_path):
     pytest.importorskip("ray")
     work, rows = tiny_grid

@@ -69,3 +69,46 @@ def test_parser_defaults_match_library():
     cfg = FinetuneConfig()
     assert (args.epochs, args.batch_size, args.lr, args.weight_decay) == (cfg.epochs, cfg.batch_size, cfg.lr,
                                                                            cfg.weight_decay)
+
+
+def test_plugins_from_entry_points_are_loaded_before_the_parser(monkeypatch, tmp_path, capsys):
+    import importlib.metadata
+    import sys
+    import types
+
+    import ravl.cli as cli
+    from ravl.data.features import FEATURES
+
+    mod = types.ModuleType("fake_ravl_plugin")
+
+    def load():
+        from ravl.data.features import register_feature
+
+        register_feature("plugin_square", lambda s: __import__("numpy").full((s, s, 3), 200, "uint8"))
+
+    ep = types.SimpleNamespace(name="fake", value="fake_ravl_plugin", load=load)
+    monkeypatch.setitem(sys.modules, "fake_ravl_plugin", mod)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [ep] if group == cli.PLUGIN_GROUP else [])
+    try:
+        assert main(["make-benchmark", "--out", str(tmp_path / "s"), "--feature", "plugin_square", "--n-train",
+                     "40", "--n-eval", "20", "--quiet"]) == 0
+    finally:
+        FEATURES.unregister("plugin_square")
+
+    def broken():
+        raise ImportError("No module named 'missing_dep'")
+
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [types.SimpleNamespace(name="bad", value="bad_mod", load=broken)])
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err
+    assert "error: The ravl plugin 'bad' (bad_mod) failed to load: ImportError" in err
+
+
+def test_verbose_shows_the_traceback_of_an_error(capsys):
+    assert main(["make-benchmark", "--out", "x", "--feature", "rng"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown spurious feature 'rng'") and "Traceback" not in err
+    assert main(["-v", "make-benchmark", "--out", "x", "--feature", "rng"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "error: Unknown spurious feature 'rng'" in err

@@ -1,8 +1,13 @@
+"""``ravl demo`` end to end at a small size."""
+
 import json
+
+import pytest
 
 from ravl.cli import main
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_small(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--n-train", "600", "--n-eval", "400", "--epochs", "2", "--quiet"]

@@ -99,6 +99,7 @@ def longer(hand_discovery, tmp_path_factory):
                             random_state=1)
 
 
+@pytest.mark.slow
 def test_killed_mitigate_resumes_to_the_same_metrics(longer, tmp_path, capsys):
     """SIGKILL mid-epoch (no clean-up at all), rerun: same weights and metrics as an uninterrupted run."""
     import os

@@ -11,8 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ravl.data import (CLASSES_FILE, DEFAULT_GRID, ImageRecord, RegionDataset, RegionTable, grid_boxes, load_dataset,
-                       parse_grid, write_classes, write_metadata)
+from ravl.data import (
+    CLASSES_FILE,
+    DEFAULT_GRID,
+    ImageRecord,
+    RegionDataset,
+    RegionTable,
+    grid_boxes,
+    load_dataset,
+    parse_grid,
+    write_classes,
+    write_metadata,
+)
 from ravl.exceptions import DatasetError, DatasetValidationError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "dataset-format.md"

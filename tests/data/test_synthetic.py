@@ -15,8 +15,15 @@ from ravl.cli import main
 from ravl.data.dataset import grid_boxes, load_dataset
 from ravl.data.digits import DIGIT_CLASSES
 from ravl.data.features import render_feature
-from ravl.data.synthetic import (CAPTION_TEMPLATES, SETTING_FILE, SpuriousSetting, cramers_v_of, make_contingency_table,
-                                 make_spurious_benchmark, read_setting)
+from ravl.data.synthetic import (
+    CAPTION_TEMPLATES,
+    SETTING_FILE,
+    SpuriousSetting,
+    cramers_v_of,
+    make_contingency_table,
+    make_spurious_benchmark,
+    read_setting,
+)
 from ravl.exceptions import DatasetError, RavlWarning
 
 TARGETS = (0.7, 0.8, 0.9, 0.95, 0.99)

@@ -18,7 +18,6 @@ from ravl.discovery import (
 )
 from ravl.discovery.clustering import _Geometry, _kpp_init, _Negatives
 
-
 # --------------------------------------------------------------------------------------------
 # naive reference: scikit-learn-extra's KMedoids(metric="precomputed", init="k-medoids++",
 # method="alternate") written out on the full matrix (it is not a test dependency)

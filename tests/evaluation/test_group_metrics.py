@@ -1,8 +1,13 @@
 import numpy as np
 import pytest
 
-from ravl.evaluation.metrics import (AccuracyReport, EvaluationResult, check_setting_validity, group_accuracies,
-                                     infer_spurious_feature)
+from ravl.evaluation.metrics import (
+    AccuracyReport,
+    EvaluationResult,
+    check_setting_validity,
+    group_accuracies,
+    infer_spurious_feature,
+)
 
 
 def test_group_accuracies_hand_computed():

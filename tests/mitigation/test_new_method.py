@@ -75,6 +75,7 @@ def test_shows_up_in_mitigate_help(capsys):
     assert "--cooled-erm-cooling FLOAT" in out and "multiplier of the learned logit scale (default: 0.5)" in out
 
 
+@pytest.mark.slow
 def test_runs_through_ravl_mitigate_with_its_own_option(mitigation_env, tmp_path, capsys):
     env = mitigation_env
     train_dir = env["setting"].train_dir
@@ -99,6 +100,7 @@ def test_passes_the_contract(mitigation_env, mitigation_labelling, tmp_path):
     assert res.method_config == {"cooling": 0.25}
 
 
+@pytest.mark.slow
 def test_accepted_and_run_by_the_mitigation_benchmark(tmp_path, capsys):
     args = build_parser().parse_args(["benchmark", "mitigate", "--methods", NAME, f"{NAME}-continue"])
     assert args.methods == [NAME, f"{NAME}-continue"]

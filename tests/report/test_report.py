@@ -2,6 +2,7 @@
 
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -74,18 +75,48 @@ def test_gallery_draws_the_box_and_crops_the_region():
     assert g.size[0] > g.size[1]
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
-def test_report_renders_in_headless_chromium(eval_ds, tmp_path):
-    page = write_report(_fake_discovery(eval_ds), eval_ds, tmp_path)
-    shot = tmp_path / "shot.png"
+def _screenshot(url: str, out, profile) -> np.ndarray:
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600",
-                    f"--screenshot={shot}", page.as_uri()], check=True, timeout=120, capture_output=True)
-    arr = np.asarray(Image.open(shot).convert("RGB"))
-    assert arr.shape[:2] == (1600, 1200)
-    red = (arr[..., 0] > 200) & (arr[..., 1] < 60) & (arr[..., 2] < 60)
-    assert red.sum() > 2000, "the red-square regions of the gallery should be visible"
+                    f"--user-data-dir={profile}", "--window-size=1200,1600",
+                    f"--screenshot={out}", url], check=True, timeout=120, capture_output=True)
+    return np.asarray(Image.open(out).convert("RGB"))
+
+
+def _rendered_problems(arr: np.ndarray) -> list[str]:
+    """What is wrong with a screenshot of report.html (empty list: it looks like the report)."""
+    problems = []
+    if arr.shape[:2] != (1600, 1200):
+        problems.append(f"size {arr.shape[:2]}")
+    dark = (arr.max(axis=2) < 90).sum()               # text, table rules, black image backgrounds
+    red = ((arr[..., 0] > 200) & (arr[..., 1] < 60) & (arr[..., 2] < 60)).sum()
+    if dark < 20_000:
+        problems.append(f"only {dark} dark pixels: no text or images rendered")
+    if red < 2000:
+        problems.append(f"only {red} red pixels: the red-square regions of the gallery are not visible")
+    return problems
+
+
+needs_chromium = pytest.mark.skipif(
+    shutil.which("chromium") is None and not os.environ.get("RAVL_REQUIRE_CHROMIUM"),
+    reason="Debian's chromium is not installed (CI installs it and sets RAVL_REQUIRE_CHROMIUM=1)")
+
+
+@needs_chromium
+def test_report_renders_in_headless_chromium(eval_ds, tmp_path):
+    page = write_report(_fake_discovery(eval_ds), eval_ds, tmp_path)
+    arr = _screenshot(page.as_uri(), tmp_path / "shot.png", tmp_path / "profile")
+    assert _rendered_problems(arr) == []
+
+
+@needs_chromium
+def test_the_screenshot_check_fails_on_a_blank_or_broken_page(tmp_path):
+    blank = tmp_path / "blank.html"
+    blank.write_text("<html><body></body></html>")
+    assert _rendered_problems(_screenshot(blank.as_uri(), tmp_path / "a.png", tmp_path / "p1"))
+    broken = tmp_path / "broken.html"  # the page without its inlined images (e.g. a truncated write)
+    broken.write_text("<html><body><h1>Discovery report</h1><img src='data:image/png;base64,AAAA'></body></html>")
+    assert _rendered_problems(_screenshot(broken.as_uri(), tmp_path / "b.png", tmp_path / "p2"))
 
 
 def _fake_evaluation(classes):

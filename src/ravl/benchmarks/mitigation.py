@@ -11,7 +11,7 @@ For each setting (feature x spurious class x Cramér's V x seed) the runner
    labelled by the audited model and the discovery, fine-tuned again from the same
    initialisation and recipe, or continued from the audited weights for ``ravl-continue``), and
 4. evaluates each resulting model zero-shot on the evaluation ``test`` split: Image Overall,
-   Image Worst-Group, Region Overall, Region Worst-Group (method.md §4).
+   Image Worst-Group, Region Overall, Region Worst-Group (docs/algorithm.md §4).
 
 Groups for the baselines and the spurious regions for RaVL come from the **discovered** feature;
 the planted ground truth is read only to score (P@10, metrics, labelling precision/recall).

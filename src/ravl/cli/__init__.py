@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import os
 import sys
@@ -18,6 +19,10 @@ from collections.abc import Sequence
 
 from ravl._version import __version__
 from ravl.exceptions import InvalidParameterError, RavlError, UnknownNameError
+
+#: Entry-point group of plugins: modules that register models, discovery or mitigation methods or
+#: features, imported before the command line is built (``[project.entry-points."ravl.plugins"]``).
+PLUGIN_GROUP = "ravl.plugins"
 
 #: ``(command, module, one-line help)`` of every subcommand, in ``--help`` order.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
@@ -62,6 +67,28 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def load_plugins() -> list[str]:
+    """Import every module registered under the :data:`PLUGIN_GROUP` entry point; returns their names.
+
+    A package adds its own methods to ``ravl`` by declaring, in its ``pyproject.toml``::
+
+        [project.entry-points."ravl.plugins"]
+        my_methods = "my_package.ravl_methods"
+
+    Raises:
+        RavlError: A plugin that fails to import (its name, module and the error).
+    """
+    names = []
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # noqa: BLE001 - any failure of a third-party module is reported the same way
+            raise RavlError(f"The ravl plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}. "
+                            "Fix it or uninstall the package that declares it.") from exc
+        names.append(ep.name)
+    return names
+
+
 def _command_of(argv: Sequence[str]) -> str | None:
     """The subcommand named in ``argv`` (the first argument that is not an option), if any."""
     names = {c[0] for c in COMMANDS}
@@ -87,7 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     an unknown name), 1 for a problem with the data, a checkpoint or the environment.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_command_of(argv) or "")
+    command = _command_of(argv)
+    if command:
+        try:
+            load_plugins()
+        except RavlError as exc:
+            return _error(exc, 0, 1)
+    parser = build_parser(command or "")
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)

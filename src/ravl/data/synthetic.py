@@ -1,4 +1,4 @@
-"""Synthetic spurious-correlation settings: digits plus a planted feature (method.md section 3).
+"""Synthetic spurious-correlation settings: digits plus a planted feature (docs/algorithm.md §3).
 
 :func:`make_spurious_benchmark` writes one *setting*: a fine-tuning dataset in which a spurious
 feature (a red square by default) co-occurs with one class (``"nine"`` by default) with a chosen
@@ -570,7 +570,7 @@ def make_spurious_benchmark(out_dir: str | os.PathLike, *, spurious_class: str |
                             feature: str = "red_square", cramers_v: float = 0.95, n_train: int = 10000,
                             n_eval: int = 2000, val_fraction: float = 0.05, source: str = "sklearn",
                             image_size: int = 56, random_state=0, progress: bool = True) -> SpuriousSetting:
-    """Build a synthetic spurious-correlation setting (method.md section 3).
+    """Build a synthetic spurious-correlation setting (docs/algorithm.md §3).
 
     Writes ``out_dir/train/`` (the fine-tuning set: captions, labels, splits ``"train"`` and
     ``"val"``, the feature tied to ``spurious_class`` with strength ``cramers_v``),

@@ -1,4 +1,4 @@
-"""RaVL Stage 1: discover image features a fine-tuned VLM ties to a class (method.md §2).
+"""RaVL Stage 1: discover image features a fine-tuned VLM ties to a class (docs/algorithm.md §2).
 
 Arrays in, :class:`DiscoveryResult` out::
 

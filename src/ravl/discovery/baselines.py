@@ -3,7 +3,7 @@
 Every baseline takes a :class:`~ravl.discovery.pipeline.DiscoveryInputs` and returns a
 :class:`~ravl.discovery.result.DiscoveryResult` whose features are ranked region lists, so one
 scorer (Precision@k of ``result.ranked_regions()``) and one ``discovery.json`` serve all methods.
-The image-level methods are run under one of two adaptations (peers.md):
+The image-level methods are run under one of two adaptations (docs/baselines.md):
 
 * ``adaptation="image"`` (A, image-then-region): the method runs on image embeddings and ranks
   images; each ranked image contributes its regions ordered by similarity to the slice direction.

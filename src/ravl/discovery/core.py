@@ -1,4 +1,4 @@
-"""RaVL Stage 1 discovery on arrays (method.md §2): cluster regions, score clusters, rank.
+"""RaVL Stage 1 discovery on arrays (docs/algorithm.md §2): cluster regions, score clusters, rank.
 
 Shape symbols: N images, R regions, C classes, D embedding dim, K clusters.
 """
@@ -61,7 +61,7 @@ class WeakClusteringWarning(DiscoveryWarning):
 
 @dataclass(frozen=True)
 class ClusterStats:
-    """Per-cluster, per-class statistics of method.md §2.3 (arrays; row = cluster id).
+    """Per-cluster, per-class statistics of docs/algorithm.md §2 (arrays; row = cluster id).
 
     Attributes:
         n_regions: ``[K]`` regions per cluster.
@@ -295,7 +295,7 @@ def discover(region_embeddings: np.ndarray, region_image_index: np.ndarray, imag
              region_file_names: Sequence[str] | None = None, region_boxes: np.ndarray | None = None,
              random_state=0, progress: bool = True, meta: Mapping[str, Any] | None = None,
              **params: Any) -> DiscoveryResult:
-    """Find image features the model ties to a class (RaVL Stage 1, method.md §2).
+    """Find image features the model ties to a class (RaVL Stage 1, docs/algorithm.md §2).
 
     1. Cluster the L2-normalised region embeddings with K-Medoids on the clipped cosine distance
        (k-medoids++, fixed seed) for every K in ``k_min..k_max`` (default 2C..5C-1) and keep the

@@ -1,4 +1,4 @@
-"""Discovery metrics: Precision@k of a ranked list of regions (method.md §3)."""
+"""Discovery metrics: Precision@k of a ranked list of regions (docs/algorithm.md §3)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def _num(x: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class DiscoveryConfig:
-    """Every knob of :func:`ravl.discovery.discover` (method.md §2).
+    """Every knob of :func:`ravl.discovery.discover` (docs/algorithm.md §2).
 
     Attributes:
         k_min: Smallest K tried (default ``2 * C``, the reference's).

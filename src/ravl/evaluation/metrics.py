@@ -1,6 +1,6 @@
 """Zero-shot evaluation metrics: overall, per class, per (class x spurious feature) group.
 
-Groups follow method.md §4: for every class y and for the feature present / absent, the accuracy
+Groups follow docs/algorithm.md §4: for every class y and for the feature present / absent, the accuracy
 of the images with label y; worst-group accuracy is the lowest group accuracy (not the smallest
 group's). Whole images and the *core region* (the region whose ground-truth attribute is the
 image's label) are scored with the same zero-shot classifier.
@@ -144,7 +144,7 @@ class EvaluationResult:
         return asdict(self)
 
     def summary_metrics(self) -> dict[str, float | None]:
-        """The four metrics of method.md §4 (the RaVL paper's Table 3), keyed by their names.
+        """The four metrics of docs/algorithm.md §4 (the RaVL paper's Table 3), keyed by their names.
 
         ``Image Overall`` and ``Image Worst-Group`` score whole images; ``Region Overall`` and
         ``Region Worst-Group`` score the core region only. Worst-group is the lowest accuracy
@@ -250,7 +250,7 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
 
 @dataclass(frozen=True)
 class SettingValidity:
-    """Did the fine-tuned model learn the planted correlation? (method.md §3)
+    """Did the fine-tuned model learn the planted correlation? (docs/algorithm.md §3)
 
     The rule: on the evaluation ``val`` split, where the feature is independent of the class,
     the spurious class's zero-shot image accuracy with the feature minus without it must be at

@@ -1,6 +1,6 @@
 """``mitigate``: fine-tune again with RaVL's region-aware loss or a baseline (Stage 2).
 
-One call does what method.md §4 describes:
+One call does what docs/algorithm.md §4 describes:
 
 1. load the audited checkpoint (the model discovery examined) and label every region of the
    fine-tuning split with it (:func:`~ravl.mitigation.labelling.label_regions`): spurious

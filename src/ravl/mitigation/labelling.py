@@ -3,7 +3,7 @@
 Every region of the fine-tuning split is embedded with the model that discovery audited and
 assigned to the nearest Stage-1 medoid (cosine similarity). Regions assigned to the medoid of a
 chosen discovered feature are *spurious* (``R^s``); all other regions are *candidate core*
-(``R^r``), as in method.md §4. The result gives :class:`~ravl.mitigation.RegionLabels` for
+(``R^r``), as in docs/algorithm.md §4. The result gives :class:`~ravl.mitigation.RegionLabels` for
 :class:`~ravl.mitigation.RegionAwareObjective` and, per image, the class ×
 discovered-feature-present/absent group used by upsampling, VL-GDRO and Spurious-Aware. Groups
 come from the discovered feature only; ground-truth ``region_attributes`` are read only to
@@ -503,7 +503,7 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
                   min_gap_ratio: float = DEFAULT_MIN_GAP_RATIO,
                   assignment_quantile: float | None = DEFAULT_ASSIGNMENT_QUANTILE,
                   progress: bool = True) -> RegionLabelling:
-    """Label every region of the fine-tuning split as spurious or candidate core (method.md §4).
+    """Label every region of the fine-tuning split as spurious or candidate core (docs/algorithm.md §4).
 
     Args:
         model: The model discovery audited (the fine-tuned checkpoint), used to embed regions.

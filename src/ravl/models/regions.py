@@ -15,7 +15,7 @@ Three ways to embed a region (a box ``[x0, y0, x1, y1]`` in pixels of the origin
     input), then encoded. Small regions get enlarged, which makes them out of distribution
     for a model trained on whole images.
 
-The default is ``"masked"``: method.md §2.1 measured it best for recognising the region's
+The default is ``"masked"``: docs/algorithm.md §2 measured it best for recognising the region's
 content (digit-region zero-shot accuracy 0.87 masked vs 0.77 roi vs 0.15 crop), and our own
 measurement on the tiny CLIP agrees (``docs/models.md``). Every function states which mode
 it used, so results can report it.
@@ -57,7 +57,7 @@ __all__ = [
 
 #: Ways to embed a region (see the module docstring).
 REGION_MODES: tuple[str, ...] = ("masked", "roi", "crop")
-#: Chosen by measurement (method.md §2.1 and docs/models.md): regions stay recognisable.
+#: Chosen by measurement (docs/algorithm.md §2 and docs/models.md): regions stay recognisable.
 DEFAULT_REGION_MODE = "masked"
 
 

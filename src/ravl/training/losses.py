@@ -1,4 +1,4 @@
-"""Contrastive losses as pure functions returning named components (style.md lesson 9)."""
+"""Contrastive losses as pure functions returning named components ."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def region_aware_loss(region_embeddings: torch.Tensor, region_image: torch.Tenso
                       region_is_spurious: torch.Tensor, class_embeddings: torch.Tensor,
                       labels: torch.Tensor, *, tau: float = 0.07,
                       label_negatives: str = "distinct") -> dict[str, torch.Tensor]:
-    """RaVL's region-aware loss L_R + L_A over one batch (method.md §4).
+    """RaVL's region-aware loss L_R + L_A over one batch (docs/algorithm.md §4).
 
     With ``s(r, y) = cos(f(r), t_y) / tau`` and ``log sigma(R, y) = max_{r in R} s(r, y)``
     (so ``sigma(R, y) = exp(max_r cos / tau)``), for every image i of the batch that has at
