@@ -479,3 +479,13 @@ def test_embed_regions_reads_a_view(plain):
 
 def test_module_examples():
     assert doctest.testmod(rs).failed == 0
+
+
+def test_missing_scikit_image_names_the_extra(plain, monkeypatch):
+    import sys
+
+    from ravl.exceptions import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "skimage.segmentation", None)  # makes the import fail
+    with pytest.raises(MissingDependencyError, match=r"pip install 'ravl\[superpixels\]'"):
+        region_boxes(load_dataset(plain), "slic:8", cache=False)

@@ -33,8 +33,11 @@ files):
    (:func:`ravl.data.synthetic.make_contingency_table`: coarse steps of 1-3 images per class, then
    single moves until chi2 <= V^2 N), never using more images of a cell than the pool has left.
    The target is reached when the achieved V is within :data:`V_TOLERANCE` (0.02) of it;
-   otherwise, with ``n_train`` given, the error says the largest ``n_train`` that reaches it, and
-   without, ``k`` is lowered (a geometric then binary search) until it does.
+   otherwise, with ``n_train`` given, the error says the largest ``n_train`` that reaches it.
+   Without ``n_train``, ``k`` is the largest size (a geometric then binary search from the
+   smallest class's availability) whose start is at least as strong as the target and that
+   reaches it; the V then lands a few thousandths below the target when the pool has images to
+   spare, and at most 0.02 above it when the scarce cells run out first (low targets).
 4. **Splits**: ``val_fraction`` of the fine-tuning set (stratified by class x feature) is split
    ``val``; the evaluation set is halved into ``val`` and ``test``, stratified the same way.
 
