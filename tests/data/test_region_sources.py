@@ -149,6 +149,8 @@ def test_grid_3x3_on_images_without_boxes(plain):
     assert view[1:3].region_source == "grid:3x3"
     assert ds[0].boxes == tuple(grid_boxes(64, 48, (2, 2)))
     assert "region_source='grid:3x3'" in repr(view)
+    with pytest.raises(ValueError, match="not a view whose regions already come from 'grid:3x3'"):
+        with_region_source(view, "multiscale")
 
 
 def test_multiscale_regions_and_inherited_attributes_by_hand(plain):

@@ -922,7 +922,8 @@ def with_region_source(dataset: RegionDataset, source: str | RegionSource, *,
     :func:`region_boxes`); ``region_attributes``, when the image has them, are inherited from the
     dataset's own regions by IoU (:func:`inherit_attributes`), else stay None. ``boxes_from_grid``
     is True only for the ``grid`` source (and for ``boxes`` where it was). The dataset is not
-    changed and nothing is written but the superpixel cache.
+    changed and nothing is written but the superpixel cache. Apply it to a dataset from
+    :func:`~ravl.data.load_dataset` (or a split of one), not to another view.
 
     Args:
         dataset: The dataset (or split) to decompose.
@@ -952,6 +953,10 @@ def with_region_source(dataset: RegionDataset, source: str | RegionSource, *,
     src = parse_region_source(source)
     iou_threshold = check_float(iou_threshold, "iou_threshold", "with_region_source", low=0.0, high=1.0,
                                 closed="right")
+    if isinstance(dataset, SourcedRegionDataset) and dataset.region_source != "boxes":
+        raise ValueError(f"with_region_source takes the dataset from load_dataset, not a view whose regions already "
+                         f"come from {dataset.region_source!r}: its region_attributes would be inherited from those "
+                         "regions instead of the annotated ones.")
     boxes = region_boxes(dataset, src, cache_dir=cache_dir, cache=cache, cache_key=cache_key, workers=workers,
                          progress=progress)
     records = []
