@@ -84,7 +84,6 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "there is an image showing a {}",
     "the number is a {}",
 )
-#: Region attribute of a quadrant that shows nothing.
 #: File in the output folder that records the setting.
 SETTING_FILE = "setting.json"
 #: Bumped whenever the same parameters would produce different files; a folder built by an older
@@ -349,8 +348,32 @@ def make_contingency_table(n: int, *, n_classes: int = 10, spurious_index: int =
     # how far each class may move: up to half of it (the independent table at p = 0.5)
     # (at odd counts, whether the middle image may move is random)
     room = counts // 2 + ((counts % 2 == 1) & (rng.random(n_classes) < 0.5))
+    table = _approach_target(table, direction, room, cramers_v ** 2 * n * (1 + 1e-12), rng)
+    return table, cramers_v_of(table)
+
+
+def _approach_target(table: np.ndarray, direction: np.ndarray, room: np.ndarray, target_chi2: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Move images of a ``[C, 2]`` table toward independence until Pearson's chi2 <= ``target_chi2``.
+
+    Steps 3 and 4 of the construction (module docstring): coarse steps of 1-3 images per class,
+    each taken only while it keeps chi2 above the target, then single moves, one class at a time in
+    random order, until chi2 <= the target or no class can move.
+
+    Args:
+        table: ``[C, 2]`` int64 counts (without, with the feature); not modified.
+        direction: ``[C]`` +1 where a move takes one image from "without" to "with", -1 for the
+            opposite.
+        room: ``[C]`` how many images each class may move at most.
+        target_chi2: Stop as soon as chi2 is at or below this value.
+        rng: Draws the coarse step sizes and the order of the single moves.
+
+    Returns:
+        ``[C, 2]`` int64 moved table (same class totals).
+    """
+    n_classes = table.shape[0]
     moved = np.zeros(n_classes, dtype=np.int64)
-    target = cramers_v ** 2 * n * (1 + 1e-12)
+    target = target_chi2
 
     def chi2_after(delta: np.ndarray) -> float:
         t = table.copy()
@@ -381,9 +404,10 @@ def make_contingency_table(n: int, *, n_classes: int = 10, spurious_index: int =
             chi2 = chi2_after(np.zeros(n_classes, dtype=np.int64))
             if chi2 <= target:
                 break
-    table[:, 1] += direction * moved
-    table[:, 0] -= direction * moved
-    return table, cramers_v_of(table)
+    out = table.copy()
+    out[:, 1] += direction * moved
+    out[:, 0] -= direction * moved
+    return out
 
 
 def _stratified_pick(cells: np.ndarray, n_pick: int, rng: np.random.Generator) -> np.ndarray:
@@ -534,17 +558,17 @@ def _check_class(spurious_class: Any) -> int:
                                 f"Got {spurious_class!r} instead.{hint}")
 
 
-def _resolve_seed(random_state: Any) -> tuple[int, bool]:
+def _resolve_seed(random_state: Any, caller: str = _CALLER) -> tuple[int, bool]:
     """(integer seed, whether the caller fixed it)."""
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         if random_state < 0:
-            raise InvalidParameterError(f"The 'random_state' parameter of {_CALLER} must be None, an int >= 0 or a numpy "
-                                        f"Generator. Got {random_state!r} instead.")
+            raise InvalidParameterError(f"The 'random_state' parameter of {caller} must be None, an int >= 0 or a "
+                                        f"numpy Generator. Got {random_state!r} instead.")
         return int(random_state), True
     if random_state is None or isinstance(random_state, np.random.Generator):
         return int(check_random_state(random_state).integers(0, 2 ** 63 - 1)), False
-    raise InvalidParameterError(f"The 'random_state' parameter of {_CALLER} must be None, an int >= 0 or a numpy Generator. "
-                                f"Got {random_state!r} instead.")
+    raise InvalidParameterError(f"The 'random_state' parameter of {caller} must be None, an int >= 0 or a numpy "
+                                f"Generator. Got {random_state!r} instead.")
 
 
 def _existing(out_dir: Path, params: dict[str, Any]) -> tuple[SpuriousSetting | None, str]:
@@ -702,22 +726,22 @@ def _rows_from_table(table: np.ndarray, rng: np.random.Generator) -> tuple[np.nd
     return labels[order], feature[order]
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse to replace ``train/`` or ``eval/`` folders this builder did not make."""
+def _check_out_dir(out_dir: Path, caller: str = _CALLER) -> None:
+    """Refuse to replace ``train/`` or ``eval/`` folders a setting builder did not make."""
     ours = (out_dir / SETTING_FILE).is_file() or (out_dir / _MARKER).is_file()
     foreign = [d for d in ("train", "eval") if (out_dir / d).exists()]
     if foreign and not ours:
         raise DatasetError(f"{out_dir} already has {' and '.join(d + '/' for d in foreign)} not made by "
-                           f"{_CALLER} (no {SETTING_FILE}); choose an empty or new folder for the setting.")
+                           f"{caller} (no {SETTING_FILE}); choose an empty or new folder for the setting.")
     if out_dir.is_dir():
         for stale in out_dir.glob(f"{_STAGING_PREFIX}*"):
             logger.info("Removing %s left by an interrupted build.", stale)
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _swap_into_place(out_dir: Path, staging: Path) -> None:
+def _swap_into_place(out_dir: Path, staging: Path, caller: str = _CALLER) -> None:
     """Replace ``out_dir/{train,eval}`` by the freshly built folders in ``staging``."""
-    atomic_write_text(out_dir / _MARKER, "Folder of a synthetic setting built by ravl's make_spurious_benchmark; "
+    atomic_write_text(out_dir / _MARKER, f"Folder of a spurious-correlation setting built by ravl's {caller}; "
                                          "train/ and eval/ may be replaced when it is rebuilt.\n")
     (out_dir / SETTING_FILE).unlink(missing_ok=True)
     for name in ("train", "eval"):
