@@ -282,7 +282,46 @@ class RegionDataset:
         if split is not None:
             wanted = set(_check_split_arg(split, "RegionDataset.subset"))
             records = [r for r in records if r.split in wanted]
-        return RegionDataset(self._root, records, self._classes, self._grid, metadata_path=self._metadata_path)
+        return self._derive(records, self._classes)
+
+    def with_classes(self, classes: Sequence[str]) -> RegionDataset:
+        """The same images with ``classes`` as the class list (labels re-indexed; same regions).
+
+        Raises:
+            DatasetError: A label that is not among ``classes``.
+        """
+        return self if tuple(classes) == self._classes else self._derive(self._records, classes)
+
+    def labelled_split(self, split: str | None, *, classes: Sequence[str] | None = None,
+                       purpose: str = "this step") -> RegionDataset:
+        """The images of ``split`` (``None``: all), re-indexed to ``classes`` when given, each with a label.
+
+        The one way every stage that scores images against classes (discovery, evaluation, region
+        labelling) takes its data.
+
+        Args:
+            split: The split to keep, or ``None`` for every image.
+            classes: Class names to index the labels with (default: the dataset's).
+            purpose: What needs the labels, for the messages (e.g. ``"discovery"``).
+
+        Raises:
+            DatasetError: The split is empty, a label is not among ``classes``, or a row has no label.
+        """
+        ds = self.subset(split) if split else self
+        if len(ds) == 0:
+            raise DatasetError(f"Split {split!r} of {self._root} has no image; {purpose} needs labelled images.")
+        if classes is not None:
+            ds = ds.with_classes(classes)
+        labels = ds.label_indices
+        if (labels < 0).any():
+            r = ds.records[int(np.flatnonzero(labels < 0)[0])]
+            raise DatasetError(f"{self._metadata_path.name} line {r.line} ({r.file_name}) has no 'label'; {purpose} "
+                               "needs a class name on every row of the split it uses.")
+        return ds
+
+    def _derive(self, records: Sequence[ImageRecord], classes: Sequence[str]) -> RegionDataset:
+        """A dataset like this one with other records or classes (subclasses keep their own state)."""
+        return RegionDataset(self._root, records, classes, self._grid, metadata_path=self._metadata_path)
 
     def load_image(self, i: int) -> Image.Image:
         """The pixels of image ``i`` as an RGB :class:`PIL.Image.Image` (as stored; EXIF is not applied).

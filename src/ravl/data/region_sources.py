@@ -894,10 +894,9 @@ class SourcedRegionDataset(RegionDataset):
         """Canonical spec of the region source, e.g. ``'grid:3x3'``."""
         return self._region_source
 
-    def subset(self, split: str | Sequence[str] | None = None, indices=None) -> SourcedRegionDataset:
-        """Like :meth:`RegionDataset.subset`, keeping the region source."""
-        sub = super().subset(split, indices)
-        return SourcedRegionDataset(sub.root, sub.records, sub.classes, sub.grid, metadata_path=sub.metadata_path,
+    def _derive(self, records, classes: Sequence[str]) -> SourcedRegionDataset:
+        """Subsets and re-indexed views keep the region source."""
+        return SourcedRegionDataset(self.root, records, classes, self.grid, metadata_path=self.metadata_path,
                                     region_source=self._region_source)
 
     def __repr__(self) -> str:

@@ -14,9 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ravl.data.dataset import load_dataset
 from ravl.discovery.core import discover
-from ravl.exceptions import DatasetError
 from ravl.models.regions import DEFAULT_REGION_MODE, embed_images, embed_regions
 from ravl.utils.io import atomic_write
 from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
@@ -111,17 +109,9 @@ def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequ
         batch_size: Images per forward pass.
         progress: Show progress bars.
     """
-    ds = dataset.subset(split) if split else dataset
-    if len(ds) == 0:
-        raise DatasetError(f"Split {split!r} of {dataset.root} has no image; discovery needs labelled images.")
-    if classes is not None and tuple(classes) != tuple(ds.classes):
-        ds = load_dataset(dataset.root, split=split, classes=list(classes), grid=dataset.grid)
+    ds = dataset.labelled_split(split, classes=classes, purpose="discovery")
     classes = tuple(ds.classes)
     labels = ds.label_indices
-    if (labels < 0).any():
-        r = ds.records[int(np.flatnonzero(labels < 0)[0])]
-        raise DatasetError(f"metadata.jsonl line {r.line} ({r.file_name}) has no 'label'; discovery needs a class "
-                           "name on every row of the split it examines.")
     mode = region_mode or DEFAULT_REGION_MODE
     templates = tuple(DEFAULT_TEMPLATES if templates is None else templates)
     img_emb = embed_images(model, ds, batch_size=batch_size, progress=progress)

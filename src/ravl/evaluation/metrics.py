@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from ravl.data.attributes import infer_spurious_feature
-from ravl.data.dataset import load_dataset
 from ravl.exceptions import DatasetError, InvalidParameterError, RavlWarning
 from ravl.models.regions import DEFAULT_REGION_MODE
 from ravl.utils.validation import check_float
@@ -196,17 +195,9 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
     Returns:
         An :class:`EvaluationResult`.
     """
-    ds = dataset.subset(split) if split else dataset
-    if len(ds) == 0:
-        raise DatasetError(f"No images to evaluate in split {split!r} of {dataset.root}.")
-    classes = tuple(classes or ds.classes)
-    if classes != tuple(ds.classes):
-        ds = load_dataset(dataset.root, split=split, classes=list(classes), grid=dataset.grid)
+    ds = dataset.labelled_split(split, classes=classes or None, purpose="evaluation")
+    classes = tuple(ds.classes)
     labels = ds.label_indices
-    if (labels < 0).any():
-        r = ds.records[int(np.flatnonzero(labels < 0)[0])]
-        raise DatasetError(f"metadata.jsonl line {r.line} ({r.file_name}) has no 'label'; evaluation needs a "
-                           "class name on every row.")
     templates = tuple(templates or DEFAULT_TEMPLATES)
 
     has_attr = all(r.region_attributes is not None for r in ds.records)

@@ -547,14 +547,8 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
         check_float(assignment_quantile, "assignment_quantile", "label_regions", low=0, high=1)
     mode = region_mode or discovery.meta.get("region_mode") or DEFAULT_REGION_MODE
     check_choice(mode, "region_mode", "label_regions", REGION_MODES)
-    ds = dataset.subset(split) if split else dataset
-    if len(ds) == 0:
-        raise DatasetError(f"Split {split!r} of {dataset.root} has no image to label.")
+    ds = dataset.labelled_split(split, purpose="region labelling (groups are class x discovered feature)")
     labels = ds.label_indices
-    if (labels < 0).any():
-        r = ds.records[int(np.flatnonzero(labels < 0)[0])]
-        raise DatasetError(f"metadata.jsonl line {r.line} ({r.file_name}) has no 'label'; region labelling needs a "
-                           "class on every fine-tuning row (groups are class x discovered feature).")
     if tuple(discovery.classes) and tuple(discovery.classes) != tuple(ds.classes):
         logger.warning("Discovery classes %s differ from the fine-tuning classes %s; groups use the latter.",
                        list(discovery.classes), list(ds.classes))
