@@ -157,10 +157,11 @@ def test_class_text_templates_come_from_discovery(env, labelling, tmp_path):
     from ravl.zeroshot import DEFAULT_TEMPLATES
 
     disc = DiscoveryResult.from_json(env["discovery"])
-    assert resolve_templates(MitigationOptions(), disc) == tuple(DEFAULT_TEMPLATES)  # none recorded
+    assert resolve_templates(MitigationOptions(), disc) == (tuple(DEFAULT_TEMPLATES), "default")  # none recorded
+    assert resolve_templates(MitigationOptions(), disc, ["b {}"]) == (("b {}",), "checkpoint")
     recorded = DiscoveryResult.from_dict({**disc.to_dict(), "meta": {**disc.meta, "templates": ["the digit {}"]}})
-    assert resolve_templates(MitigationOptions(), recorded) == ("the digit {}",)
-    assert resolve_templates(MitigationOptions(templates=("a {}",)), recorded) == ("a {}",)
+    assert resolve_templates(MitigationOptions(), recorded, ["b {}"]) == (("the digit {}",), "discovery")
+    assert resolve_templates(MitigationOptions(templates=("a {}",)), recorded) == (("a {}",), "given")
     path = tmp_path / "discovery.json"
     recorded.to_json(path)
     res = mitigate(env["ckpt"], env["train"], path, out_dir=tmp_path / "erm", method="vl-erm", config=CFG,

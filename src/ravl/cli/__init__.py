@@ -33,6 +33,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("finetune", "ravl.cli.finetune", "fine-tune a model on image-caption pairs (symmetric InfoNCE), resumable"),
     ("evaluate", "ravl.cli.evaluate",
      "zero-shot accuracy: overall, per class, per (class x spurious feature) group, worst group"),
+    ("audit", "ravl.cli.audit",
+     "validate + evaluate + discover + one report page, for a checkpoint and a labelled folder"),
     ("discover", "ravl.cli.discover",
      "discover region features the model spuriously ties to a class; writes discovery.json and report.html"),
     ("mitigate", "ravl.cli.mitigate",
@@ -40,6 +42,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("benchmark", "ravl.cli.benchmark",
      "run a benchmark grid (discover: settings x methods -> Precision@10 tables and plot; mitigate: Stage 1 then "
      "every mitigation method -> Table 3)"),
+    ("convert", "ravl.cli.convert", "convert another dataset format (COCO) into ravl's dataset folder format"),
     ("validate", "ravl.cli.validate", "check a dataset folder (metadata.jsonl + images) and report every problem"),
     ("models", "ravl.cli.models", "list the model names load_model accepts"),
 )

@@ -10,10 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ravl.data.dataset import RegionDataset, load_dataset
+from ravl.data.region_sources import DEFAULT_IOU_THRESHOLD, parse_region_source, with_region_source
+from ravl.exceptions import InvalidParameterError
+from ravl.mitigation.labelling import FEATURE_CHOICES
 from ravl.models import load_model
-from ravl.models.checkpoint import read_checkpoint_config
+from ravl.models.checkpoint import is_checkpoint, read_checkpoint_config
 from ravl.utils.io import atomic_write_json
-from ravl.zeroshot import read_templates
+from ravl.zeroshot import DEFAULT_TEMPLATES, read_templates
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, checkpoint_help: str | None = None) -> None:
@@ -47,8 +51,67 @@ def add_data_class_arguments(parser: argparse.ArgumentParser) -> None:
                    help="text file with one prompt template per line containing '{}' (default: ravl's generic set)")
 
 
-def templates_from_args(args):
-    return read_templates(args.templates) if args.templates else None
+def templates_from_args(args, checkpoint: str | Path | None = None, *, quiet: bool = False
+                        ) -> tuple[tuple[str, ...], str]:
+    """The prompt templates and where they came from: ``--templates`` FILE, else the templates the
+    checkpoint recorded (mined from its training captions by ``ravl finetune``), else the default set.
+
+    Prints the choice (unless ``quiet``); every output JSON records it.
+    """
+    if getattr(args, "templates", None):
+        found, origin = read_templates(args.templates), f"--templates {args.templates}"
+    else:
+        ck = checkpoint if checkpoint is not None else getattr(args, "checkpoint", None)
+        recorded = None
+        if ck and is_checkpoint(ck):
+            recorded = (read_checkpoint_config(ck).get("templates") or {}).get("templates")
+        if recorded:
+            found, origin = tuple(recorded), f"mined from the training captions (recorded in {ck})"
+        else:
+            found, origin = tuple(DEFAULT_TEMPLATES), "ravl's default set"
+    if not quiet:
+        shown = "; ".join(repr(t) for t in found[:4]) + (f"; ... ({len(found)} in all)" if len(found) > 4 else "")
+        print(f"prompt templates: {origin}: {shown}")
+    return found, origin
+
+
+def add_region_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--regions SPEC`` and its cache and worker options."""
+    g = parser.add_argument_group("regions")
+    g.add_argument("--regions", default=None, metavar="SPEC", type=_region_spec,
+                   help="where image regions come from: boxes (metadata.jsonl's, else the grid), grid:RxC, "
+                        "multiscale, slic:N, felzenszwalb, file:PATH (JSON lines file_name -> boxes); default: boxes "
+                        "(see docs/region-sources.md)")
+    g.add_argument("--region-cache", default=None, metavar="DIR",
+                   help="cache folder of computed region proposals (default: ~/.cache/ravl/regions)")
+    g.add_argument("--region-workers", type=int, default=None, metavar="N",
+                   help="processes that compute superpixel proposals (default: every CPU)")
+    g.add_argument("--region-iou", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="IOU",
+                   help="IoU with an annotated box needed for a proposal to inherit its region_attribute")
+
+
+def _region_spec(text: str) -> str:
+    try:
+        return parse_region_source(text).spec
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def data_from_args(args, path: str | Path, **load_kwargs) -> RegionDataset:
+    """``load_dataset(path, **load_kwargs)`` with the regions of ``--regions`` (when given)."""
+    ds = load_dataset(path, **load_kwargs)
+    spec = getattr(args, "regions", None)
+    if spec and spec != "boxes":
+        ds = with_region_source(ds, spec, iou_threshold=args.region_iou, cache_dir=args.region_cache,
+                                workers=args.region_workers, progress=not getattr(args, "quiet", False))
+    return ds
+
+
+def region_meta(ds: RegionDataset, args) -> dict[str, Any]:
+    """What an output JSON records about the regions of ``ds`` (loaded by :func:`data_from_args`)."""
+    source = getattr(ds, "region_source", "boxes")
+    return {"region_source": source} if source == "boxes" else {"region_source": source,
+                                                                 "region_iou": args.region_iou}
 
 
 def fmt(x: float | None) -> str:
@@ -79,3 +142,24 @@ def _default(o: Any):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def parse_features(text: str, flag: str = "--features"):
+    """``'class'``, ``'top'``, ``'all'`` or comma-separated ranks (``'1,2'`` -> ``(1, 2)``)."""
+    t = str(text).strip().lower()
+    if t in FEATURE_CHOICES:
+        return t
+    try:
+        return tuple(int(p) for p in t.split(","))
+    except ValueError:
+        raise InvalidParameterError(f"{flag} must be 'class', 'top', 'all' or comma-separated ranks like '1,2'; "
+                                    f"got {text!r}") from None
+
+
+def parse_quantile(text: str, flag: str = "--assignment-quantile") -> float | None:
+    """A number in [0, 1] or ``'none'`` (``None``)."""
+    q = str(text).strip().lower()
+    try:
+        return None if q == "none" else float(q)
+    except ValueError:
+        raise InvalidParameterError(f"{flag} must be a number in [0, 1] or 'none'; got {text!r}") from None

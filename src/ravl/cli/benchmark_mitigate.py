@@ -22,8 +22,8 @@ from ravl.benchmarks.mitigation import (
     summarize_mitigation,
 )
 from ravl.cli._benchmark_common import add_backend_arguments, check_backend_arguments
+from ravl.cli._common import parse_features, parse_quantile
 from ravl.cli._methods import add_method_arguments, method_configs_from_args
-from ravl.cli.mitigate import parse_features, parse_quantile
 from ravl.evaluation.metrics import SUMMARY_METRICS
 from ravl.mitigation.api import MitigationOptions
 from ravl.models.regions import REGION_MODES

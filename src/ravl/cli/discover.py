@@ -8,16 +8,19 @@ from pathlib import Path
 from ravl.cli._common import (
     add_data_class_arguments,
     add_model_arguments,
+    add_region_arguments,
+    data_from_args,
     fmt,
     model_from_args,
     print_table,
+    region_meta,
     templates_from_args,
 )
-from ravl.data.dataset import load_dataset
-from ravl.discovery import precision_at_k
+from ravl.discovery.metrics import precision_at_k
 from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
 from ravl.discovery.registry import RAVL_METHODS, get_discovery_method
-from ravl.report import write_report
+from ravl.models.regions import REGION_MODES
+from ravl.report.html import write_report
 from ravl.utils.io import atomic_write_json
 
 DESCRIPTION = ("discover region features the model spuriously ties to a class; writes discovery.json and report.html. Runs on a labelled evaluation split in which the correlation does not hold (default 'val').")
@@ -29,8 +32,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", default="val", help="split to examine ('all' for every row)")
     add_data_class_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder for discovery.json, report.html and PNGs")
-    parser.add_argument("--region-mode", default=None, choices=["masked", "roi", "crop"],
+    parser.add_argument("--region-mode", default=None, choices=list(REGION_MODES),
                         help="how regions are embedded (default: masked)")
+    add_region_arguments(parser)
     parser.add_argument("--method", default="ravl", metavar="NAME",
                         help="discovery method from the registry (default ravl; e.g. ravl_gap_only, random, "
                              "distilling_failures, george, domino, spurious_aware, NAME_region for the "
@@ -68,16 +72,13 @@ def print_discovery(result, truth_p10: list[float] | None = None, max_features: 
         print_table(rows, ["class", "acc. with feature (n)", "acc. without (n)", "weighted gap"])
 
 
-def run(args) -> int:
-    method = get_discovery_method(args.method)  # unknown name: error listing the registered ones, before any work
-    split = None if args.split == "all" else args.split
-    ds = load_dataset(args.data, classes=args.classes, require_fields=("label",))
-    model = model_from_args(args)
-    inputs = discovery_inputs(model, ds, split=split, templates=templates_from_args(args),
-                              region_mode=args.region_mode, progress=not args.quiet)
+def discovery_result(args, model, ds, split, templates, template_origin, method):
+    """Run ``--method`` on ``ds`` (RaVL's knobs for RaVL and its ablations); ``(result dict, inputs)``."""
+    inputs = discovery_inputs(model, ds, split=split, templates=templates, region_mode=args.region_mode,
+                              progress=not args.quiet)
     meta = {"model": model.name, "checkpoint": args.checkpoint, "data": str(Path(args.data).resolve()),
             "split": split, "region_mode": inputs.region_mode, "method": args.method,
-            "templates": list(inputs.templates)}
+            "templates": list(inputs.templates), "template_source": template_origin, **region_meta(ds, args)}
     if args.method == "ravl":
         result = discover_on_inputs(inputs, scoring=args.scoring, min_influence=args.influence_threshold,
                                     k_min=args.k_min, k_max=args.k_max, random_state=args.seed,
@@ -88,7 +89,16 @@ def run(args) -> int:
     else:
         result = method(inputs, random_state=args.seed)
         result = replace(result, meta={**meta, **result.meta})
-    d = result.to_dict()
+    return result.to_dict(), inputs
+
+
+def run(args) -> int:
+    method = get_discovery_method(args.method)  # unknown name: error listing the registered ones, before any work
+    split = None if args.split == "all" else args.split
+    ds = data_from_args(args, args.data, classes=args.classes, require_fields=("label",))
+    model = model_from_args(args)
+    templates, origin = templates_from_args(args)
+    d, inputs = discovery_result(args, model, ds, split, templates, origin, method)
     p10 = None
     if args.truth:
         if inputs.region_attributes is None:

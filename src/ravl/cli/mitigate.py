@@ -5,19 +5,32 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ravl.cli._common import add_model_arguments, fmt, print_table, resolve_device, templates_from_args
+from ravl.cli._common import (
+    add_model_arguments,
+    add_region_arguments,
+    data_from_args,
+    fmt,
+    parse_features,
+    parse_quantile,
+    print_table,
+    resolve_device,
+)
 from ravl.cli._methods import add_method_arguments, method_configs_from_args
 from ravl.data.dataset import load_dataset
-from ravl.evaluation.metrics import evaluate
+from ravl.discovery.result import DiscoveryResult
+from ravl.evaluation.metrics import evaluate, groups_from_discovery
+from ravl.evaluation.verify import verify_mitigation
 from ravl.exceptions import InvalidParameterError
 from ravl.mitigation.api import MitigationOptions, mitigate
-from ravl.mitigation.labelling import FEATURE_CHOICES
+from ravl.mitigation.labelling import discovery_dataset
 from ravl.mitigation.registry import TRAINABLE, describe_mitigation_methods, list_mitigation_methods
 from ravl.models.base import load_model
 from ravl.models.checkpoint import read_checkpoint_config
 from ravl.models.regions import REGION_MODES
+from ravl.report.html import write_report
 from ravl.training.loop import FinetuneConfig
 from ravl.utils.io import atomic_write_json
+from ravl.zeroshot import read_templates
 
 DESCRIPTION = ("fine-tune again so the model stops relying on the discovered feature (RaVL Stage 2), resumable. Labels the fine-tuning regions with the audited checkpoint and discovery.json, then "
                "fine-tunes from the original starting weights (--start init) or the audited ones "
@@ -68,29 +81,12 @@ def add_arguments(parser) -> None:
     g.add_argument("--seed", type=int, default=None, help="data-order seed")
     g.add_argument("--val-split", default=None, help="split validated after each epoch ('none' to skip)")
     parser.add_argument("--no-resume", action="store_true", help="ignore and overwrite an existing resume state")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the verify step (each discovered feature before/after, and discovery on the "
+                             "mitigated model)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_region_arguments(parser)
     add_method_arguments(parser)
-
-
-def parse_features(text: str, flag: str = "--features"):
-    """``'class'``, ``'top'``, ``'all'`` or comma-separated ranks (``'1,2'`` -> ``(1, 2)``)."""
-    t = str(text).strip().lower()
-    if t in FEATURE_CHOICES:
-        return t
-    try:
-        return tuple(int(p) for p in t.split(","))
-    except ValueError:
-        raise InvalidParameterError(f"{flag} must be 'class', 'top', 'all' or comma-separated ranks like '1,2'; "
-                                    f"got {text!r}") from None
-
-
-def parse_quantile(text: str, flag: str = "--assignment-quantile") -> float | None:
-    """A number in [0, 1] or ``'none'`` (``None``)."""
-    q = str(text).strip().lower()
-    try:
-        return None if q == "none" else float(q)
-    except ValueError:
-        raise InvalidParameterError(f"{flag} must be a number in [0, 1] or 'none'; got {text!r}") from None
 
 
 def default_eval_data(data: str | Path) -> Path | None:
@@ -103,29 +99,73 @@ def default_eval_data(data: str | Path) -> Path | None:
 
 def before_after(before_ckpt, after_ckpt, eval_dir, *, templates, method: str, model_name: str | None = None,
                  device: str | None = None, spurious_feature: str | None = None, split: str = "test",
-                 progress: bool = True) -> dict:
+                 discovery=None, progress: bool = True) -> dict:
     """Evaluate two checkpoints on ``eval_dir``, print the four metrics side by side and write
-    ``AFTER/evaluation.json`` (read by the report); returns that dict."""
+    ``AFTER/evaluation.json`` (read by the report); returns that dict.
+
+    The groups come from ``region_attributes`` when the data has them; otherwise from the
+    discovered feature (``discovery``, assigned with the audited model), and the table says so.
+    """
     ds = load_dataset(eval_dir)
+    models = {"before": load_model(model_name, checkpoint=before_ckpt, device=device),
+              "after": load_model(model_name, checkpoint=after_ckpt, device=device)}
+    present = None
+    groups_from = "region_attributes"
+    if discovery is not None and not all(r.region_attributes is not None for r in ds.subset(split).records):
+        present, spurious_feature = groups_from_discovery(models["before"], ds, discovery, split=split,
+                                                          progress=progress)
+        groups_from = "discovery"
     res = {}
     for which, ckpt in (("before", before_ckpt), ("after", after_ckpt)):
-        ev = evaluate(load_model(model_name, checkpoint=ckpt, device=device), ds, split=split, templates=templates,
-                      spurious_feature=spurious_feature, progress=progress)
+        ev = evaluate(models[which], ds, split=split, templates=templates, spurious_feature=spurious_feature,
+                      feature_present=present, progress=progress)
         res[which] = {"checkpoint": str(ckpt), "metrics": ev.summary_metrics(), "result": ev.to_dict()}
     mb, ma = res["before"]["metrics"], res["after"]["metrics"]
     print(f"\nzero-shot accuracy on the {split} split of {eval_dir} (before = {before_ckpt}, after = {after_ckpt})")
     print_table([[k, fmt(mb[k]), fmt(ma[k]), "  -  " if mb[k] is None or ma[k] is None else f"{ma[k] - mb[k]:+.3f}"]
                  for k in mb], ["metric", "before", "after", "change"])
+    feat = res["after"]["result"]["spurious_feature"]
+    if feat is None:
+        print("(no worst-group metrics: the evaluation data has no region_attributes and no discovered feature was "
+              "given to form the groups)")
+    elif groups_from == "discovery":
+        print(f"(groups: {feat}, present in {int(present.sum())} of {len(present)} images; the data has no "
+              "region_attributes, so the groups come from discovery)")
+    if mb["Region Overall"] is None:
+        print("(no region metrics: they score each image's core region, which needs region_attributes naming the "
+              "class)")
     for which in ("before", "after"):
         wg = res[which]["result"]["image"]["worst_group"]
         if wg:
             state = "with" if wg["feature_present"] else "without"
-            feat = res[which]["result"]["spurious_feature"]
             print(f"worst image group {which}: {wg['label']} {state} {feat} ({fmt(wg['accuracy'])}, n={wg['n']})")
     out = {"eval_data": str(Path(eval_dir).resolve()), "split": split, "method": method,
-           "templates": list(templates) if templates else None, **res}
+           "templates": list(templates) if templates else None, "groups_from": groups_from if feat else None, **res}
     atomic_write_json(Path(after_ckpt) / "evaluation.json", out)
     return out
+
+
+def print_verify(v: dict) -> None:
+    """Print the verify step: each discovered feature's class with / without it, before and after."""
+    print(f"\nverify: each discovered feature on the {v['split']} split discovery examined (an image carries a "
+          "feature when one of its regions is in the feature's cluster)")
+    rows = []
+    for f in v["features"]:
+        b, a = f.get("class_before") or {}, f.get("class_after") or {}
+        rows.append([f"#{f['rank']} {f['class']}", f["n_images_with"],
+                     f"{fmt(b.get('acc_with'))} / {fmt(b.get('acc_without'))}", fmt(b.get("gap")),
+                     f"{fmt(a.get('acc_with'))} / {fmt(a.get('acc_without'))}", fmt(a.get("gap")),
+                     f"{fmt(f['before']['G'])} -> {fmt(f['after']['G'])}"])
+    print_table(rows, ["feature", "images with it", "before: with / without", "before: gap", "after: with / without",
+                       "after: gap", "G (all classes)"])
+    redo = v.get("rediscovery")
+    if redo is not None:
+        if not redo["features"]:
+            print("discovery on the mitigated model: no feature found.")
+        for g in redo["features"][:3]:
+            match = (f"overlaps original #{g['matches_original']} (Jaccard {g['jaccard']:.2f})"
+                     if g["matches_original"] is not None else "a new cluster")
+            print(f"discovery on the mitigated model: #{g['rank']} tied to {g['class']!r}, gap {fmt(g['gap'])}, {match}")
 
 
 def run(args) -> int:
@@ -151,9 +191,10 @@ def run(args) -> int:
         init = {"model": name, "checkpoint": None, "seed": args.init_seed}
     opts = MitigationOptions(features=parse_features(args.features), min_gap_ratio=args.min_gap_ratio,
                              assignment_quantile=parse_quantile(args.assignment_quantile),
-                             region_mode=args.region_mode, templates=templates_from_args(args),
+                             region_mode=args.region_mode,
+                             templates=read_templates(args.templates) if args.templates else None,
                              trainable=args.trainable)
-    train = load_dataset(args.data)
+    train = data_from_args(args, args.data)
     res = mitigate(args.checkpoint, train, args.discovery, out_dir=args.out, method=args.method, start=args.start,
                    config=cfg, options=opts, method_config=method_config, model_name=name, init=init,
                    eval_dataset=args.discovery_data, device=device, resume=not args.no_resume, progress=progress)
@@ -175,9 +216,30 @@ def run(args) -> int:
     if res.resumed_from:
         print(f"(resumed from epoch {res.resumed_from[0] + 1}, step {res.resumed_from[1]})")
 
+    print(f"prompt templates ({res.options['template_source']}): "
+          + "; ".join(repr(t) for t in res.options["templates"][:4]))
+
+    discovery = DiscoveryResult.from_json(args.discovery)
+    out = Path(args.out)
     eval_dir = Path(args.eval_data) if args.eval_data else default_eval_data(args.data)
+    evaluation = None
     if eval_dir is not None:
         before_after(args.checkpoint, args.out, eval_dir, templates=res.options["templates"], method=args.method,
-                     model_name=name, device=device, progress=progress)
+                     model_name=name, device=device, discovery=discovery, progress=progress)
+        evaluation = out / "evaluation.json"
+    verify = None
+    if not args.no_verify and discovery.features:
+        v = verify_mitigation(load_model(name, checkpoint=args.checkpoint, device=device),
+                              load_model(name, checkpoint=args.out, device=device), discovery,
+                              eval_dataset=args.discovery_data, templates=res.options["templates"],
+                              random_state=discovery.random_state or 0, progress=progress)
+        verify = out / "verify.json"
+        atomic_write_json(verify, v)
+        print_verify(v)
+    if evaluation is not None or verify is not None:
+        ds = discovery_dataset(discovery, args.discovery_data)
+        page = write_report(discovery, ds, out, title=f"ravl mitigation ({args.method}): {Path(args.out).name}",
+                            mitigation=evaluation, verify=verify)
+        print(f"wrote {page} (open it in a browser)")
     print(f"checkpoint: {res.checkpoint_dir}")
     return 0

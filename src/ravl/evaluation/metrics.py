@@ -18,6 +18,7 @@ import numpy as np
 
 from ravl.data.attributes import infer_spurious_feature
 from ravl.exceptions import DatasetError, InvalidParameterError, RavlWarning
+from ravl.mitigation.labelling import label_regions
 from ravl.models.regions import DEFAULT_REGION_MODE
 from ravl.utils.validation import check_float
 from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
@@ -32,6 +33,7 @@ __all__ = [
     "accuracy_report",
     "evaluate",
     "check_setting_validity",
+    "groups_from_discovery",
 ]
 
 logger = logging.getLogger(__name__)
@@ -175,7 +177,7 @@ def accuracy_report(zs, labels: np.ndarray, classes: Sequence[str],
 def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[str] | None = None,
              templates: Sequence[str] | None = None, spurious_feature: str | None = None,
              region_mode: str | None = None, regions: bool = True, batch_size: int = 128,
-             progress: bool = True) -> EvaluationResult:
+             feature_present: Sequence[bool] | np.ndarray | None = None, progress: bool = True) -> EvaluationResult:
     """Zero-shot accuracy of ``model`` on ``dataset`` overall, per class and per group.
 
     Args:
@@ -190,10 +192,14 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
         region_mode: Region embedding mode for the core-region metrics.
         regions: Also score core regions when ``region_attributes`` are present.
         batch_size: Images per forward pass.
+        feature_present: ``[N]`` bool, which images of the split carry the feature, when the
+            groups come from elsewhere than ``region_attributes`` (e.g. the discovered feature,
+            :func:`groups_from_discovery`); ``spurious_feature`` then names it in the tables.
         progress: Show progress bars.
 
     Returns:
-        An :class:`EvaluationResult`.
+        An :class:`EvaluationResult`; ``meta["groups_from"]`` says where the groups came from
+        (``"region_attributes"``, ``"given"`` or ``None`` without groups).
     """
     ds = dataset.labelled_split(split, classes=classes or None, purpose="evaluation")
     classes = tuple(ds.classes)
@@ -202,12 +208,22 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
 
     has_attr = all(r.region_attributes is not None for r in ds.records)
     present = None
-    if has_attr:
+    groups_from = None
+    if feature_present is not None:
+        present = np.asarray(feature_present)
+        if present.shape != (len(ds),) or (present.size and present.dtype != np.bool_):
+            raise InvalidParameterError(f"The 'feature_present' parameter of evaluate must be a bool array with one "
+                                        f"entry per image of the split ({len(ds)}). Got shape {present.shape}, dtype "
+                                        f"{present.dtype}.")
+        spurious_feature = spurious_feature or "discovered feature"
+        groups_from = "given"
+    elif has_attr:
         if spurious_feature is None:
             spurious_feature = infer_spurious_feature(
                 [a for r in ds.records for a in r.region_attributes], classes)
         if spurious_feature is not None:
             present = np.array([spurious_feature in r.region_attributes for r in ds.records])
+            groups_from = "region_attributes"
             if not present.any():
                 warnings.warn(f"No region of split {split!r} carries the attribute {spurious_feature!r}; "
                               "group metrics are for 'absent' only.", RavlWarning, stacklevel=2)
@@ -236,7 +252,42 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
             core_report = group_accuracies(core_pred, core_labels, classes, present)
     return EvaluationResult(split=split, classes=classes, spurious_feature=spurious_feature,
                             image=image_report, core_region=core_report, n_images=len(ds),
-                            templates=templates, region_mode=mode)
+                            templates=templates, region_mode=mode, meta={"groups_from": groups_from})
+
+
+def groups_from_discovery(model, dataset, discovery, *, split: str | None = "test", features: Any = "class",
+                          region_mode: str | None = None, assignment_quantile: float | None = 0.05,
+                          eval_dataset: Any = None, progress: bool = True) -> tuple[np.ndarray, str]:
+    """Which images of a split carry the discovered feature: ``(feature_present [N], name)``.
+
+    For data without ``region_attributes``: every region of the split is assigned to the
+    discovery's medoids exactly as mitigation labels training regions
+    (:func:`ravl.mitigation.labelling.label_regions`, with the model discovery audited); an image
+    carries the feature when one of its regions joins a chosen feature's cluster. Pass the result
+    to :func:`evaluate` as ``feature_present`` to get class x feature groups and worst-group
+    accuracy without annotations.
+
+    Args:
+        model: The model discovery audited (it defines the clusters).
+        dataset: The dataset to group (a ``label`` on every row of ``split``).
+        discovery: A :class:`~ravl.discovery.DiscoveryResult` or the path of ``discovery.json``.
+        split: The split to group.
+        features: Which discovered features (see :func:`ravl.mitigation.labelling.select_features`).
+        region_mode: Region embedding mode (default: the discovery's).
+        assignment_quantile: Labelling threshold (see ``label_regions``).
+        eval_dataset: The dataset discovery ran on, if it moved.
+        progress: Show progress bars.
+
+    Returns:
+        ``feature_present`` in the order of ``dataset.subset(split)``, and a name such as
+        ``"discovered feature #1 ('nine')"``.
+    """
+    lab = label_regions(model, dataset, discovery, features=features, region_mode=region_mode, split=split,
+                        eval_dataset=eval_dataset, assignment_quantile=assignment_quantile, progress=progress)
+    ranks = ", ".join(f"#{r}" for r in lab.feature_ranks)
+    cls = sorted(set(lab.feature_classes))
+    name = f"discovered feature {ranks} ({', '.join(map(repr, cls))})"
+    return lab.feature_present.copy(), name
 
 
 @dataclass(frozen=True)

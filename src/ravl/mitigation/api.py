@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -199,13 +200,22 @@ def load_init_model(init: dict[str, Any], *, device: str | None = None):
     return load_model(init["model"], checkpoint=init.get("checkpoint"), device=device, **kwargs)
 
 
-def resolve_templates(options: MitigationOptions, discovery) -> tuple[str, ...]:
-    """The prompt templates of the class text: ``options.templates``, else the ones discovery
-    scored with (``discovery.meta["templates"]``), else :data:`ravl.zeroshot.DEFAULT_TEMPLATES`."""
+def resolve_templates(options: MitigationOptions, discovery, checkpoint_templates: Sequence[str] | None = None
+                      ) -> tuple[tuple[str, ...], str]:
+    """The prompt templates of the class text, and where they came from.
+
+    ``options.templates``, else the ones discovery scored with (``discovery.meta["templates"]``,
+    the classifier it judged), else the templates the audited checkpoint recorded (mined from its
+    training captions by :func:`ravl.finetune`), else :data:`ravl.zeroshot.DEFAULT_TEMPLATES`.
+    """
     if options.templates:
-        return tuple(options.templates)
+        return tuple(options.templates), "given"
     recorded = (getattr(discovery, "meta", None) or {}).get("templates")
-    return tuple(recorded) if recorded else tuple(DEFAULT_TEMPLATES)
+    if recorded:
+        return tuple(recorded), "discovery"
+    if checkpoint_templates:
+        return tuple(checkpoint_templates), "checkpoint"
+    return tuple(DEFAULT_TEMPLATES), "default"
 
 
 def set_trainable(model, trainable: str) -> int:
@@ -337,7 +347,8 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
     if spec.needs_feature and (labels < 0).any():
         raise InvalidParameterError(f"Method {method!r} needs a class label on every training image.")
     # The class text is the zero-shot classifier discovery judged: its templates unless given.
-    templates = resolve_templates(opts, discovery)
+    templates, template_source = resolve_templates(opts, discovery,
+                                                   (ck_cfg.get("templates") or {}).get("templates"))
     region_mode = opts.region_mode or (labelling.region_mode if labelling is not None else DEFAULT_REGION_MODE)
 
     # 2. The method's objective and data order.
@@ -355,7 +366,8 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
     trainable = opts.trainable or spec.trainable
     set_trainable(model, trainable)
     out = Path(out_dir)
-    recorded = {**opts.to_dict(), "templates": list(templates), "trainable": trainable, **plan.info}
+    recorded = {**opts.to_dict(), "templates": list(templates), "template_source": template_source,
+                "trainable": trainable, **plan.info}
     # Everything besides the recipe that determines the run: resuming another set-up is refused.
     run_info = {"method": method, "start": start, "init": init_record, "options": recorded,
                 "method_config": method_cfg.to_dict(),

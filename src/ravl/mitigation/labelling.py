@@ -34,6 +34,7 @@ import numpy as np
 
 from ravl.data.attributes import infer_spurious_feature
 from ravl.data.dataset import RegionDataset, load_dataset
+from ravl.data.region_sources import DEFAULT_IOU_THRESHOLD, with_region_source
 from ravl.discovery.result import DiscoveryResult
 from ravl.exceptions import DatasetError, InvalidParameterError
 from ravl.mitigation.groups import class_feature_groups
@@ -42,7 +43,7 @@ from ravl.utils.validation import check_choice, check_float, check_int
 
 __all__ = ["RegionLabels", "FEATURE_CHOICES", "DEFAULT_MIN_GAP_RATIO", "DEFAULT_ASSIGNMENT_QUANTILE", "MIN_MEMBERS_FOR_THRESHOLD",
            "RegionLabelling", "spurious_assignment", "label_regions", "select_features", "compute_medoid_embeddings",
-           "assign_to_medoids"]
+           "assign_to_medoids", "discovery_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -345,6 +346,37 @@ def _discovery_split(discovery) -> str | None:
     return None if split in (None, "all") else split
 
 
+def discovery_dataset(discovery, eval_dataset: Any = None):
+    """The split discovery examined, with the regions it saw (its region source reapplied).
+
+    Args:
+        discovery: A :class:`~ravl.discovery.DiscoveryResult`.
+        eval_dataset: The dataset discovery ran on (a :class:`~ravl.data.RegionDataset` or a
+            folder), when it moved; default ``discovery.meta["data"]``.
+
+    Raises:
+        DatasetError: When the dataset is not recorded or does not exist any more.
+    """
+    if eval_dataset is None:
+        path = discovery.meta.get("data")
+        if not path:
+            raise DatasetError("discovery.json does not record the dataset it ran on (meta['data']); pass the "
+                               "evaluation dataset (eval_dataset= / --discovery-data) to recompute the medoids.")
+        eval_dataset = path
+    if not isinstance(eval_dataset, RegionDataset):
+        if not Path(eval_dataset).exists():
+            raise DatasetError(f"The dataset discovery ran on, {eval_dataset}, does not exist any more; pass its "
+                               "new location (eval_dataset= / --discovery-data).")
+        eval_dataset = load_dataset(eval_dataset)
+    source = discovery.meta.get("region_source")
+    if source and source != getattr(eval_dataset, "region_source", "boxes"):
+        # discovery ran on regions from a region source: rebuild exactly those regions
+        eval_dataset = with_region_source(eval_dataset, source, progress=False,
+                                          iou_threshold=discovery.meta.get("region_iou", DEFAULT_IOU_THRESHOLD))
+    split = _discovery_split(discovery)
+    return eval_dataset.subset(split) if split else eval_dataset
+
+
 def compute_medoid_embeddings(model, discovery, *, eval_dataset: Any = None, region_mode: str | None = None,
                       batch_size: int = 128) -> np.ndarray:
     """Recompute the ``[K, D]`` unit-norm medoid embeddings of a discovery result.
@@ -371,19 +403,9 @@ def compute_medoid_embeddings(model, discovery, *, eval_dataset: Any = None, reg
         raise InvalidParameterError(f"The discovery result ({method}) has no cluster medoids, so fine-tuning regions cannot be "
                                     "assigned to its features. Region labelling needs a clustering discovery: `ravl discover` "
                                     "with --method ravl or one of its ablations.")
-    if eval_dataset is None:
-        path = discovery.meta.get("data")
-        if not path:
-            raise DatasetError("discovery.json does not record the dataset it ran on (meta['data']); pass the "
-                               "evaluation dataset (eval_dataset= / --discovery-data) to recompute the medoids.")
-        eval_dataset = path
-    if not isinstance(eval_dataset, RegionDataset):
-        if not Path(eval_dataset).exists():
-            raise DatasetError(f"The dataset discovery ran on, {eval_dataset}, does not exist any more; pass its "
-                               "new location (eval_dataset= / --discovery-data).")
-        eval_dataset = load_dataset(eval_dataset)
+    ds = discovery_dataset(discovery, eval_dataset)
     split = _discovery_split(discovery)
-    ds = eval_dataset.subset(split) if split else eval_dataset
+    eval_dataset = ds
     table = ds.region_table()
     if len(table) != discovery.n_regions:
         raise DatasetError(f"Split {split!r} of {eval_dataset.root} has {len(table)} regions but discovery saw "

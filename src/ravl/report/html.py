@@ -18,7 +18,7 @@ import ravl.report.figures as figures
 from ravl.data.dataset import load_dataset
 from ravl.utils.io import atomic_write, atomic_write_text
 
-__all__ = ["write_report", "mitigation_section"]
+__all__ = ["write_report", "mitigation_section", "verify_section", "evaluation_section"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -100,14 +100,82 @@ def mitigation_section(evaluation: str | os.PathLike | dict[str, Any], out_dir: 
     return body
 
 
+def evaluation_section(evaluation: str | os.PathLike | dict[str, Any]) -> str:
+    """HTML of a saved evaluation (``ravl evaluate --json`` / ``ravl audit``'s ``evaluation.json``): the four
+    metrics, where the groups came from, and image accuracy per class with and without the feature."""
+    if not isinstance(evaluation, dict):
+        evaluation = json.loads(Path(evaluation).read_text(encoding="utf-8"))
+    res = evaluation.get("evaluation") or evaluation
+    metrics = evaluation.get("metrics") or {}
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in metrics.items())
+    feat = res.get("spurious_feature")
+    source = {"discovery": "the discovered feature (the data has no region_attributes)",
+              "region_attributes": "the region_attributes of the data"}.get(evaluation.get("groups_from") or "")
+    body = (f'<p class="muted">split {html.escape(str(res.get("split")))} · {res.get("n_images")} images · prompts: '
+            f'{html.escape(str(evaluation.get("template_source") or "given"))}'
+            + (f" · groups: {html.escape(str(feat))}, from {html.escape(source)}" if feat and source else "")
+            + f"</p><table><tr><th>metric</th><th>value</th></tr>{rows}</table>")
+    if not feat:
+        body += ("<p>No worst-group metrics: the data has no region_attributes and discovery found no feature to "
+                 "form the groups.</p>")
+        return body
+    groups = {(g["label"], bool(g["feature_present"])): g for g in res["image"]["groups"]}
+    class_rows = "".join(
+        f"<tr><td>{html.escape(str(c))}</td>"
+        + "".join(f"<td>{_fmt(groups[(c, p)]['accuracy'])} ({groups[(c, p)]['n']})</td>" if (c, p) in groups
+                  else "<td>–</td>" for p in (True, False)) + "</tr>" for c in res.get("classes", []))
+    wg = res["image"].get("worst_group")
+    if wg:
+        state = "with" if wg["feature_present"] else "without"
+        body += (f"<p>Worst image group: {html.escape(str(wg['label']))} {state} the feature "
+                 f"({_fmt(wg['accuracy'])}, n = {wg['n']})</p>")
+    body += ("<table><tr><th>class</th><th>image accuracy with the feature (n)</th><th>without (n)</th></tr>"
+             f"{class_rows}</table>")
+    return body
+
+
+def verify_section(verify: str | os.PathLike | dict[str, Any]) -> str:
+    """HTML of the verify step of ``ravl mitigate`` (a saved ``verify.json``): each discovered feature's
+    class with and without the feature, before and after mitigation, and what discovery finds after."""
+    if not isinstance(verify, dict):
+        verify = json.loads(Path(verify).read_text(encoding="utf-8"))
+    rows = []
+    for f in verify.get("features", []):
+        b, a = f.get("class_before") or {}, f.get("class_after") or {}
+        rows.append(f"<tr><td>#{f['rank']}</td><td>{html.escape(str(f['class']))}</td><td>{f['n_images_with']}</td>"
+                    f"<td>{_fmt(b.get('acc_with'))}</td><td>{_fmt(b.get('acc_without'))}</td><td>{_fmt(b.get('gap'))}</td>"
+                    f"<td>{_fmt(a.get('acc_with'))}</td><td>{_fmt(a.get('acc_without'))}</td><td>{_fmt(a.get('gap'))}</td>"
+                    f"<td>{_fmt(f['before']['G'])} → {_fmt(f['after']['G'])}</td></tr>")
+    body = (f'<p class="muted">on the {html.escape(str(verify.get("split")))} split discovery examined '
+            f'({html.escape(str(verify.get("data")))}); an image carries a feature when one of its regions is in the '
+            "feature's cluster</p><table><tr><th>feature</th><th>class</th><th>images with it</th>"
+            "<th>before: acc. with</th><th>before: without</th><th>before: gap Δ</th><th>after: acc. with</th>"
+            "<th>after: without</th><th>after: gap Δ</th><th>G (all classes)</th></tr>" + "".join(rows) + "</table>")
+    redo = verify.get("rediscovery")
+    if redo is not None:
+        if not redo["features"]:
+            body += f"<p>Discovery on the mitigated model finds no feature. {html.escape(str(redo.get('message') or ''))}</p>"
+        else:
+            items = "".join(
+                f"<li>#{g['rank']}: tied to <b>{html.escape(str(g['class']))}</b>, gap {_fmt(g['gap'])}, "
+                + (f"overlaps original feature #{g['matches_original']} (Jaccard {_fmt(g['jaccard'])})"
+                   if g.get("matches_original") is not None else "a new cluster") + "</li>"
+                for g in redo["features"])
+            body += f"<p>Discovery on the mitigated model finds {redo['n_features']} feature(s):</p><ul>{items}</ul>"
+    return body
+
+
 def write_report(discovery: str | os.PathLike | dict[str, Any], dataset, out_dir: str | os.PathLike, *,
                  max_regions: int = 20, max_features: int = 5, title: str | None = None,
                  extra_sections: list[tuple[str, str]] | None = None,
-                 mitigation: str | os.PathLike | dict[str, Any] | None = None) -> Path:
+                 mitigation: str | os.PathLike | dict[str, Any] | None = None,
+                 verify: str | os.PathLike | dict[str, Any] | None = None,
+                 evaluation: str | os.PathLike | dict[str, Any] | None = None) -> Path:
     """Render ``report.html`` (self-contained) and PNG exports into ``out_dir``.
 
     Args:
-        discovery: Path to ``discovery.json`` or its dict (see docs/discovery.md for the schema).
+        discovery: Path to ``discovery.json``, its dict (see docs/discovery.md for the schema) or a
+            :class:`~ravl.discovery.DiscoveryResult`.
         dataset: The :class:`~ravl.data.RegionDataset` (or its folder) the regions come from;
             regions are found by their ``file_name`` and ``box``.
         out_dir: Where ``report.html``, ``gallery_<rank>.png``, ``gaps_<rank>.png`` and
@@ -118,11 +186,17 @@ def write_report(discovery: str | os.PathLike | dict[str, Any], dataset, out_dir
         extra_sections: ``(heading, html)`` pairs appended.
         mitigation: A saved ``evaluation.json`` of ``ravl mitigate`` (path or dict): adds a
             before/after section (:func:`mitigation_section`) and ``mitigation.png``.
+        verify: A saved ``verify.json`` of ``ravl mitigate`` (path or dict): adds the per-feature
+            before/after section (:func:`verify_section`).
+        evaluation: A saved evaluation (``ravl audit``'s ``evaluation.json``): adds the accuracy
+            section (:func:`evaluation_section`), placed before the discovered features.
 
     Returns:
         Path of ``report.html``.
     """
-    if not isinstance(discovery, dict):
+    if hasattr(discovery, "to_dict"):
+        discovery = discovery.to_dict()
+    elif not isinstance(discovery, dict):
         discovery = json.loads(Path(discovery).read_text(encoding="utf-8"))
     if not hasattr(dataset, "records"):
         dataset = load_dataset(dataset)
@@ -154,11 +228,17 @@ def write_report(discovery: str | os.PathLike | dict[str, Any], dataset, out_dir
         meta.append(f"clustered a sample of {discovery.get('sample_size')} regions (bounded-memory path)")
     if prov.get("region_mode"):
         meta.append(f"region embeddings: {prov['region_mode']}")
+    if prov.get("region_source") and prov["region_source"] != "boxes":
+        meta.append(f"regions: {prov['region_source']}")
+    if prov.get("template_source"):
+        meta.append(f"prompts: {prov['template_source']}")
     if prov.get("model"):
         meta.append(f"model: {prov['model']}")
     parts.append(f'<p class="sub">{html.escape(" · ".join(meta))}</p>')
     if discovery.get("message"):
         parts.append(f'<p class="card">{html.escape(str(discovery["message"]))}</p>')
+    if evaluation is not None:
+        parts.append("<h2>Zero-shot accuracy</h2>" + evaluation_section(evaluation))
     if not feats:
         parts.append('<p class="card">No cluster passed the spurious-pattern and influence filter: ravl found no '
                      "region feature that the model ties to a class on this data.</p>")
@@ -201,6 +281,8 @@ def write_report(discovery: str | os.PathLike | dict[str, Any], dataset, out_dir
         parts.append("<h2>Choosing the number of clusters</h2>" + _img_tag(chart, "silhouette vs K"))
     if mitigation is not None:
         parts.append("<h2>Mitigation: before and after</h2>" + mitigation_section(mitigation, out))
+    if verify is not None:
+        parts.append("<h2>Each discovered feature, before and after mitigation</h2>" + verify_section(verify))
     for heading, body in extra_sections or []:
         parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
     if cfg:

@@ -3,7 +3,10 @@
 Layout of an output folder::
 
     OUT/model.safetensors, OUT/config.json   the model after the last finished epoch (a ravl
-                                             checkpoint: ``load_model(..., checkpoint=OUT)``)
+                                             checkpoint: ``load_model(..., checkpoint=OUT)``);
+                                             config.json also records the recipe, the start
+                                             (``init``) and the prompt templates mined from the
+                                             training captions (``templates``)
     OUT/training_state.pt                    everything needed to resume (model, optimiser,
                                              scheduler, position in the epoch, history)
     OUT/history.json                         per-epoch metrics, human-readable
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ravl.data.templates import templates_from_dataset
 from ravl.exceptions import CheckpointError, DatasetError
 from ravl.models.base import set_load_record
 from ravl.models.checkpoint import save_checkpoint
@@ -176,6 +180,17 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+def _mined_templates(train) -> dict[str, Any] | None:
+    """The prompt templates mined from the training captions (recorded in the checkpoint; zero-shot
+    scoring of this model uses them by default), or ``None`` when no phrasing qualifies."""
+    mined = templates_from_dataset(train)
+    if not mined:
+        logger.info("No prompt template mined from the training captions (%s).", mined.reason)
+        return None
+    return {"templates": list(mined), "counts": list(mined.counts), "n_captions": mined.n_captions,
+            "n_used": mined.n_used, "source": "training captions"}
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -369,7 +384,7 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         val_labels = val.label_indices
 
     ckpt_extra = {"finetune": config.to_dict(), "init": init, "objective": getattr(objective, "name", None),
-                  "train_data": str(Path(dataset.root).resolve())}
+                  "train_data": str(Path(dataset.root).resolve()), "templates": _mined_templates(train)}
     module.train()
     last_save = time.monotonic()
     while epoch < config.epochs:
