@@ -169,10 +169,23 @@ def test_rerun_and_interrupted_run_resume(smoke_run):
 
 
 def test_one_grid_per_folder_and_one_builder_per_setting(smoke_run):
-    with file_lock(smoke_run / ".run.lock") as held:
-        assert held
-        with pytest.raises(CheckpointError, match="Another process is running a benchmark grid"):
+    import subprocess
+    import sys
+
+    from ravl.utils.outputs import OutputLockedError
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom ravl.utils.outputs import output_lock\n"
+         f"with output_lock({str(smoke_run)!r}, 'ravl benchmark discover'):\n"
+         "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputLockedError, match=rf"being written by another run: `ravl benchmark discover` "
+                                                    rf"\(pid {holder.pid} on "):
             run_grid(grid(["red_square"], ["nine"], [0.95]), smoke_run, BenchmarkConfig(), methods=["ravl"])
+    finally:
+        holder.kill()
+        holder.wait()
     lock = smoke_run / "red_square-nine-v0.95-s0" / ".lock"
     with file_lock(lock) as held:
         assert held

@@ -40,6 +40,7 @@ from ravl.benchmarks.backends import run_tasks
 from ravl.benchmarks.grid import (
     SettingSpec,
     append_jsonl,
+    check_config_file,
     file_lock,
     grid,
     mean_ci,
@@ -60,10 +61,11 @@ from ravl.discovery.registry import (
     list_discovery_methods,
 )
 from ravl.evaluation.metrics import check_setting_validity, evaluate
-from ravl.exceptions import CheckpointError, UnknownNameError
+from ravl.exceptions import UnknownNameError
 from ravl.models.base import load_model
 from ravl.training.loop import STATE_FILE, FinetuneConfig, finetune
 from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
+from ravl.utils.outputs import output_lock
 from ravl.utils.validation import check_float, check_int
 
 __all__ = ["SettingSpec", "BenchmarkConfig", "GridPreset", "GRID_PRESETS", "DEFAULT_METHODS", "SettingResult",
@@ -403,17 +405,10 @@ def run_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLike, config: 
     specs = list({s.key: s for s in specs}.values())
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    with file_lock(work / ".run.lock", blocking=False) as held:
-        if not held:
-            raise CheckpointError(f"Another process is running a benchmark grid in {work}; wait for it to finish "
-                                  "or use another --out folder.")
-        cfg_path = work / "benchmark_config.json"
-        if cfg_path.exists() and read_json(cfg_path) != config.to_dict():
-            raise CheckpointError(f"{work} holds a benchmark run with another configuration ({read_json(cfg_path)}); "
-                                  "use another --out folder to run this one.")
-        atomic_write_json(cfg_path, config.to_dict())
+    with output_lock(work, "ravl benchmark discover"):
         res_path, tim_path = work / "results.jsonl", work / "timings.jsonl"
         rows = read_rows(res_path)
+        check_config_file(work / "benchmark_config.json", config.to_dict(), has_results=bool(rows))
         done = {(r["setting"], r["method"]) for r in rows}
         tasks = [_SettingTask(s, str(work), config, tuple((m, resolved[m]) for m in methods if (s.key, m) not in done))
                  for s in specs]

@@ -22,9 +22,10 @@ import numpy as np
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from ravl.exceptions import InvalidParameterError
+from ravl.exceptions import CheckpointError, InvalidParameterError
+from ravl.utils.io import atomic_write_json, read_json
 
-__all__ = ["SettingSpec", "grid", "strict_from_dict", "thread_limits", "file_lock", "read_rows", "append_jsonl",
+__all__ = ["SettingSpec", "grid", "check_config_file", "strict_from_dict", "thread_limits", "file_lock", "read_rows", "append_jsonl",
            "mean_ci", "nan_to_none"]
 
 @dataclass(frozen=True)
@@ -140,3 +141,26 @@ def mean_ci(x: Sequence[float]) -> tuple[float, float, int]:
 def nan_to_none(x: float) -> float | None:
     """``None`` for NaN (JSON has no NaN), else ``float(x)``."""
     return None if x != x else float(x)
+
+
+def check_config_file(path: Path, config: dict[str, Any], *, has_results: bool) -> None:
+    """Write a grid's ``benchmark_config.json``, refusing another configuration's finished rows.
+
+    A folder holds the results of one configuration. A folder whose config differs but which
+    holds no result yet (a run that failed before finishing a setting, e.g. on a bad option) is
+    simply taken over, so the corrected command is not blocked.
+
+    Raises:
+        CheckpointError: ``path`` records another configuration and the folder holds results.
+    """
+    old = None
+    if path.exists():
+        try:
+            old = read_json(path)
+        except (OSError, ValueError):
+            old = None
+        if old != config and has_results:
+            raise CheckpointError(f"{path.parent} holds the results of a benchmark run with another configuration "
+                                  f"({old}); use another --out folder to run this one.")
+    if old != config:
+        atomic_write_json(path, config)

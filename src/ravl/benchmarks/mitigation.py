@@ -47,6 +47,7 @@ from ravl.benchmarks.backends import run_tasks
 from ravl.benchmarks.grid import (
     SettingSpec,
     append_jsonl,
+    check_config_file,
     file_lock,
     grid,
     mean_ci,
@@ -61,7 +62,7 @@ from ravl.discovery.metrics import precision_at_k
 from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
 from ravl.discovery.result import DiscoveryResult
 from ravl.evaluation.metrics import SUMMARY_METRICS, check_setting_validity, evaluate
-from ravl.exceptions import CheckpointError, InvalidParameterError
+from ravl.exceptions import InvalidParameterError
 from ravl.mitigation.api import MitigationOptions, mitigate
 from ravl.mitigation.labelling import label_regions
 from ravl.mitigation.registry import get_mitigation_method, list_mitigation_methods
@@ -69,6 +70,7 @@ from ravl.models.base import load_model
 from ravl.models.regions import DEFAULT_REGION_MODE
 from ravl.training.loop import FinetuneConfig, finetune
 from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
+from ravl.utils.outputs import locks_output
 from ravl.utils.validation import check_float, check_int
 
 __all__ = ["CONTINUE_SUFFIX", "benchmark_methods", "default_benchmark_methods", "check_benchmark_method",
@@ -367,6 +369,7 @@ def _canonical(rows: Sequence[dict[str, Any]], specs: Sequence[SettingSpec], met
     return sorted(keep, key=lambda r: (order[r["setting"]], morder[r["method"]]))
 
 
+@locks_output("work_dir", "ravl benchmark mitigate")
 def run_mitigation_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLike,
                         config: MitigationBenchmarkConfig = MitigationBenchmarkConfig(), *,
                         methods: Sequence[str] | None = None, backend: str = "serial",
@@ -393,13 +396,9 @@ def run_mitigation_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLik
         check_benchmark_method(m, "run_mitigation_grid")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    cfg_path = work / "benchmark_config.json"
-    if cfg_path.exists() and read_json(cfg_path) != config.to_dict():
-        raise CheckpointError(f"{work} holds a mitigation benchmark with another configuration "
-                              f"({read_json(cfg_path)}); use another --out folder to run this one.")
-    atomic_write_json(cfg_path, config.to_dict())
     res_path, tim_path = work / "results.jsonl", work / "timings.jsonl"
     rows = read_rows(res_path)
+    check_config_file(work / "benchmark_config.json", config.to_dict(), has_results=bool(rows))
     done = {(r["setting"], r["method"]) for r in rows}
     tasks = []
     for spec in dict.fromkeys(specs):

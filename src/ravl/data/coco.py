@@ -77,6 +77,7 @@ from ravl.data.dataset import (
 )
 from ravl.exceptions import DatasetError, DatasetValidationError, InvalidParameterError
 from ravl.utils.io import atomic_write_json, atomic_write_text
+from ravl.utils.outputs import locks_output
 from ravl.utils.progress import progress as progress_bar
 from ravl.utils.validation import check_choice, check_float, check_random_state
 
@@ -541,6 +542,7 @@ def _check_out_dir(out_dir: Path) -> None:
                            "folder for the converted dataset.")
 
 
+@locks_output("out_dir", "convert_coco")
 def convert_coco(instances_json: str | os.PathLike, images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                  label_categories: Sequence[str], captions_json: str | os.PathLike | None = None,
                  split: str | None = None, caption: str = "first", crowd: str = "keep", images: str = "hardlink",

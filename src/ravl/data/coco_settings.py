@@ -91,6 +91,7 @@ from ravl.data.synthetic import (
 )
 from ravl.exceptions import DatasetError, InvalidParameterError, RavlWarning
 from ravl.utils.io import atomic_write_json, read_json
+from ravl.utils.outputs import locks_output
 from ravl.utils.progress import progress as progress_bar
 from ravl.utils.validation import check_choice, check_float, check_int
 
@@ -442,6 +443,7 @@ def _pick(cells: list[np.ndarray], counts: np.ndarray) -> np.ndarray:
 # The builder
 # --------------------------------------------------------------------------------------------
 
+@locks_output("out_dir", "make_coco_setting")
 def make_coco_setting(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, spurious_class: str,
                       feature_category: str, cramers_v: float, n_train: int | None = None,
                       n_eval: int | None = None, val_fraction: float = 0.05, images: str = "hardlink",

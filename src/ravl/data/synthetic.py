@@ -61,6 +61,7 @@ from ravl.data.digits import DIGIT_CLASSES, DIGIT_SIZE, DigitImages, load_digit_
 from ravl.data.features import FEATURES, get_feature
 from ravl.exceptions import DatasetError, InvalidParameterError, RavlWarning
 from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
+from ravl.utils.outputs import locks_output
 from ravl.utils.progress import progress as progress_bar
 from ravl.utils.validation import check_float, check_int, check_random_state
 
@@ -590,6 +591,7 @@ def _existing(out_dir: Path, params: dict[str, Any]) -> tuple[SpuriousSetting | 
     return old, ""
 
 
+@locks_output("out_dir", "make_spurious_benchmark")
 def make_spurious_benchmark(out_dir: str | os.PathLike, *, spurious_class: str | int = "nine",
                             feature: str = "red_square", cramers_v: float = 0.95, n_train: int = 10000,
                             n_eval: int = 2000, val_fraction: float = 0.05, source: str = "sklearn",

@@ -139,7 +139,7 @@ def discover_from_model(model, dataset, *, split: str | None = "val", classes: S
     """
     inputs = discovery_inputs(model, dataset, split=split, classes=classes, templates=templates,
                               region_mode=region_mode, batch_size=batch_size, progress=progress)
-    return discover_on_inputs(inputs, **discover_kwargs)
+    return discover_on_inputs(inputs, progress=progress, **discover_kwargs)
 
 
 def discover_on_inputs(inputs: DiscoveryInputs, **discover_kwargs: Any):

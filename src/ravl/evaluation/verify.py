@@ -115,7 +115,7 @@ def verify_mitigation(before_model, after_model, discovery: DiscoveryResult | st
     if rediscover:
         new = discover_from_model(after_model, ds, split=None, classes=classes, templates=templates,
                                   region_mode=discovery.meta.get("region_mode"), random_state=random_state,
-                                  progress=progress)
+                                  progress=progress, meta={"verify_of": discovery.meta.get("checkpoint")})
         old_sets = {f.rank: set(np.flatnonzero(np.asarray(discovery.region_clusters) == f.cluster).tolist())
                     for f in discovery.features}
         new_feats = []

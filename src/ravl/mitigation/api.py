@@ -53,6 +53,7 @@ from ravl.models.checkpoint import read_checkpoint_config
 from ravl.models.regions import DEFAULT_REGION_MODE, REGION_MODES
 from ravl.training.loop import FinetuneConfig, finetune
 from ravl.utils.io import atomic_write_json
+from ravl.utils.outputs import locks_output
 from ravl.utils.validation import check_choice, check_float
 from ravl.zeroshot import DEFAULT_TEMPLATES, check_templates
 
@@ -248,6 +249,7 @@ def set_trainable(model, trainable: str) -> int:
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
+@locks_output("out_dir", "mitigate")
 def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, *, out_dir: str | os.PathLike,
              method: str = "ravl", start: str = "init", config: FinetuneConfig | None = None,
              options: MitigationOptions | None = None, method_config: Any = None, model_name: str | None = None,

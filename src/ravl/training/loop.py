@@ -38,6 +38,7 @@ from ravl.models.base import set_load_record
 from ravl.models.checkpoint import save_checkpoint
 from ravl.training.losses import clip_loss
 from ravl.utils.io import atomic_write, atomic_write_json
+from ravl.utils.outputs import locks_output
 from ravl.utils.progress import progress as _progress
 from ravl.utils.validation import check_float, check_int
 from ravl.zeroshot import class_text_embeddings
@@ -233,6 +234,7 @@ def _validate(model, pixels: PixelStore, tokens: torch.Tensor, labels: np.ndarra
     return res
 
 
+@locks_output("out_dir", "finetune")
 def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig | None = None, *,
              objective: Callable[..., dict[str, torch.Tensor]] | None = None,
              resume: bool = True, progress: bool = True, init: dict[str, Any] | None = None,

@@ -20,8 +20,10 @@ def progress_enabled() -> bool:
 
 def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: int | None = None,
              disable: bool | None = None, leave: bool = False, **kwargs: Any):
-    """Wrap ``iterable`` in a tqdm progress bar written to stderr."""
-    if disable is None:
-        disable = not progress_enabled()
+    """Wrap ``iterable`` in a tqdm progress bar written to stderr.
+
+    ``RAVL_PROGRESS=0`` turns every bar off, whatever ``disable`` says (``ravl --quiet`` sets it).
+    """
+    disable = bool(disable) or not progress_enabled()
     return tqdm(iterable, desc=desc, total=total, disable=disable, leave=leave,
                 dynamic_ncols=True, **kwargs)
