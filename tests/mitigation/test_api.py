@@ -139,9 +139,16 @@ def test_resuming_another_set_up_is_refused(env, labelling, tmp_path):
     rl = labelling.region_labels
     other = replace(labelling, region_labels=RegionLabels(rl.image_index, rl.boxes_norm, np.zeros(len(rl), bool)))
     assert other.fingerprint() != labelling.fingerprint()
+    # a labelling with no spurious region at all is an error of its own, unless allowed
+    from ravl.exceptions import DatasetError
+
+    with pytest.raises(DatasetError, match="No region of the 'train' split was assigned"):
+        mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path / "empty", method="ravl",
+                 config=cfg, labelling=other, method_config={"lam": 0.5}, progress=False)
+    assert not (tmp_path / "empty" / "training_state.pt").exists()  # refused before any training
     with pytest.raises(CheckpointError, match="labelling"):
         mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, method="ravl", config=cfg,
-                 labelling=other, method_config={"lam": 0.5}, progress=False)
+                 labelling=other, method_config={"lam": 0.5}, allow_empty_labelling=True, progress=False)
     again = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, method="ravl", config=cfg,
                      labelling=labelling, method_config={"lam": 0.5}, progress=False)
     assert again.resumed_from == (2, 0)  # the finished run, returned as is

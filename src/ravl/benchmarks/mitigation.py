@@ -300,7 +300,7 @@ def _mitigate_one(spec: SettingSpec, work: Path, config: MitigationBenchmarkConf
     out = work / method
     res = mitigate(s1.audited_dir, train, s1.discovery_path, out_dir=out, method=base_method, start=start,
                    config=cfg, options=opts, method_config=config.method_config(base_method), labelling=labelling,
-                   progress=progress)
+                   allow_empty_labelling=True, progress=progress)  # the grid records such runs as they are
     metrics = _evaluate_dir(out, ev, spec.spurious_class, spec.feature, CAPTION_TEMPLATES, config.region_mode,
                             progress)
     truth = (res.labelling or {}).get("truth") or {}

@@ -32,6 +32,7 @@ from ravl.evaluation.metrics import evaluate, groups_from_discovery
 from ravl.models.regions import REGION_MODES
 from ravl.report.html import write_report
 from ravl.utils.io import atomic_write_json
+from ravl.utils.outputs import check_output_dir, output_lock, staged_output
 
 DESCRIPTION = ("audit a fine-tuned model on a labelled dataset folder in one step: validate the folder, measure "
                "zero-shot accuracy, discover the region features the model ties to a class, measure worst-group "
@@ -58,7 +59,15 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     split = None if args.split == "all" else args.split
     features = parse_features(args.features)
-    out = Path(args.out)
+    out = check_output_dir(args.out)
+    with output_lock(out, "ravl audit"):
+        page = _audit(args, split, features, out)
+    print(f"\nwrote {out / 'discovery.json'}, {out / 'evaluation.json'}")
+    print(f"report: {page}")
+    return 0
+
+
+def _audit(args, split, features, out: Path) -> Path:
     print("1. the dataset")
     ds = data_from_args(args, args.data, classes=args.classes, require_fields=("label",))
     print_summary(ds.subset(split) if split else ds, split=split, classes_given=args.classes is not None)
@@ -69,7 +78,6 @@ def run(args) -> int:
     # the knobs of `ravl discover` this command does not expose keep their defaults
     args.method, args.scoring, args.influence_threshold, args.k_min, args.k_max = "ravl", "ravl", 0.25, None, None
     d, _ = discovery_result(args, model, ds, split, templates, origin, get_discovery_method("ravl"))
-    atomic_write_json(out / "discovery.json", d)
     print_discovery(d)
 
     print("\n3. zero-shot accuracy")
@@ -88,10 +96,8 @@ def run(args) -> int:
     evaluation = {"metrics": metrics, "evaluation": res.to_dict(), "model": model.name, "checkpoint": args.checkpoint,
                   "data": str(Path(args.data).resolve()), "templates": list(templates), "template_source": origin,
                   "groups_from": groups_from, **region_meta(ds, args)}
-    write_json(out / "evaluation.json", evaluation)
-
-    page = write_report(d, ds, out, title=f"ravl audit: {model.name} on {Path(args.data).name}",
-                        evaluation=evaluation)
-    print(f"\nwrote {out / 'discovery.json'}, {out / 'evaluation.json'}")
-    print(f"report: {page}")
-    return 0
+    with staged_output(out, what="ravl audit") as stage:  # the three files replace the folder as one unit
+        atomic_write_json(stage / "discovery.json", d)
+        write_json(stage / "evaluation.json", evaluation)
+        write_report(d, ds, stage, title=f"ravl audit: {model.name} on {Path(args.data).name}", evaluation=evaluation)
+    return out / "report.html"

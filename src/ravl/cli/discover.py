@@ -22,6 +22,7 @@ from ravl.discovery.registry import RAVL_METHODS, get_discovery_method
 from ravl.models.regions import REGION_MODES
 from ravl.report.html import write_report
 from ravl.utils.io import atomic_write_json
+from ravl.utils.outputs import check_output_dir, output_lock, staged_output
 
 DESCRIPTION = ("discover region features the model spuriously ties to a class; writes discovery.json and report.html. Runs on a labelled evaluation split in which the correlation does not hold (default 'val').")
 
@@ -78,7 +79,8 @@ def discovery_result(args, model, ds, split, templates, template_origin, method)
                               progress=not args.quiet)
     meta = {"model": model.name, "checkpoint": args.checkpoint, "data": str(Path(args.data).resolve()),
             "split": split, "region_mode": inputs.region_mode, "method": args.method,
-            "templates": list(inputs.templates), "template_source": template_origin, **region_meta(ds, args)}
+            "templates": list(inputs.templates), "template_source": template_origin, **region_meta(ds, args),
+            "data_fingerprint": (ds.subset(split) if split else ds).fingerprint()}
     if args.method == "ravl":
         result = discover_on_inputs(inputs, scoring=args.scoring, min_influence=args.influence_threshold,
                                     k_min=args.k_min, k_max=args.k_max, random_state=args.seed,
@@ -95,25 +97,29 @@ def discovery_result(args, model, ds, split, templates, template_origin, method)
 def run(args) -> int:
     method = get_discovery_method(args.method)  # unknown name: error listing the registered ones, before any work
     split = None if args.split == "all" else args.split
-    ds = data_from_args(args, args.data, classes=args.classes, require_fields=("label",))
-    model = model_from_args(args)
-    templates, origin = templates_from_args(args)
-    d, inputs = discovery_result(args, model, ds, split, templates, origin, method)
-    p10 = None
-    if args.truth:
-        if inputs.region_attributes is None:
-            print("--truth needs region_attributes in metadata.jsonl; Precision@10 not computed.")
-        else:
-            p10 = []
-            for f in d.get("features", []):
-                ranked = [inputs.region_attributes[r["region_index"]] for r in f["regions"]]
-                f["precision_at_10"] = float(precision_at_k(ranked, args.truth, k=10))
-                p10.append(f["precision_at_10"])
-    out = Path(args.out)
-    atomic_write_json(out / "discovery.json", d)
-    print_discovery(d, p10)
+    out = check_output_dir(args.out)
+    with output_lock(out, "ravl discover"):
+        ds = data_from_args(args, args.data, classes=args.classes, require_fields=("label",))
+        model = model_from_args(args)
+        templates, origin = templates_from_args(args)
+        d, inputs = discovery_result(args, model, ds, split, templates, origin, method)
+        p10 = None
+        if args.truth:
+            if inputs.region_attributes is None:
+                print("--truth needs region_attributes in metadata.jsonl; Precision@10 not computed.")
+            else:
+                p10 = []
+                for f in d.get("features", []):
+                    ranked = [inputs.region_attributes[r["region_index"]] for r in f["regions"]]
+                    f["precision_at_10"] = float(precision_at_k(ranked, args.truth, k=10))
+                    p10.append(f["precision_at_10"])
+        print_discovery(d, p10)
+        # discovery.json, report.html and its PNGs replace the folder's previous content as one unit
+        with staged_output(out, what="ravl discover") as stage:
+            atomic_write_json(stage / "discovery.json", d)
+            if not args.no_report:
+                write_report(d, ds, stage, title=f"ravl discovery: {model.name} on {Path(args.data).name}")
     print(f"\nwrote {out / 'discovery.json'}")
     if not args.no_report:
-        page = write_report(d, ds, out, title=f"ravl discovery: {model.name} on {Path(args.data).name}")
-        print(f"wrote {page} (open it in a browser)")
+        print(f"wrote {out / 'report.html'} (open it in a browser)")
     return 0

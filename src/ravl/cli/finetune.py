@@ -23,6 +23,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--val-split", default="val", help="split validated after each epoch ('none' to skip)")
     parser.add_argument("--no-resume", action="store_true", help="ignore and overwrite an existing resume state")
+    parser.add_argument("--allow-data-change", action="store_true",
+                        help="resume even though the training data changed since the run started (refused otherwise)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -35,7 +37,8 @@ def run(args) -> int:
                          weight_decay=args.weight_decay, seed=args.seed, train_split=args.train_split,
                          val_split=val)
     init = {"model": model.name, "checkpoint": args.checkpoint, **model_kwargs}
-    res = finetune(model, ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, init=init)
+    res = finetune(model, ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, init=init,
+                   allow_data_change=args.allow_data_change)
     rows = [[h["epoch"], f"{h['train_loss']:.4f}", f"{h.get('val_loss', float('nan')):.4f}",
              f"{h.get('val_zero_shot_accuracy', float('nan')):.3f}", f"{h['images_per_s']:.0f}"] for h in res.history]
     print_table(rows, ["epoch", "train loss", "val loss", "val zero-shot acc", "images/s"])

@@ -81,6 +81,11 @@ def add_arguments(parser) -> None:
     g.add_argument("--seed", type=int, default=None, help="data-order seed")
     g.add_argument("--val-split", default=None, help="split validated after each epoch ('none' to skip)")
     parser.add_argument("--no-resume", action="store_true", help="ignore and overwrite an existing resume state")
+    parser.add_argument("--allow-data-change", action="store_true",
+                        help="accept data changed since discovery (its split) or since the interrupted run started")
+    parser.add_argument("--allow-empty-labelling", action="store_true",
+                        help="train even when no training region is assigned to the discovered feature (an error "
+                             "otherwise: the feature is not in the training data as discovery saw it)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the verify step (each discovered feature before/after, and discovery on the "
                              "mitigated model)")
@@ -99,7 +104,7 @@ def default_eval_data(data: str | Path) -> Path | None:
 
 def before_after(before_ckpt, after_ckpt, eval_dir, *, templates, method: str, model_name: str | None = None,
                  device: str | None = None, spurious_feature: str | None = None, split: str = "test",
-                 discovery=None, progress: bool = True) -> dict:
+                 discovery=None, allow_data_change: bool = False, progress: bool = True) -> dict:
     """Evaluate two checkpoints on ``eval_dir``, print the four metrics side by side and write
     ``AFTER/evaluation.json`` (read by the report); returns that dict.
 
@@ -113,7 +118,7 @@ def before_after(before_ckpt, after_ckpt, eval_dir, *, templates, method: str, m
     groups_from = "region_attributes"
     if discovery is not None and not all(r.region_attributes is not None for r in ds.subset(split).records):
         present, spurious_feature = groups_from_discovery(models["before"], ds, discovery, split=split,
-                                                          progress=progress)
+                                                          allow_data_change=allow_data_change, progress=progress)
         groups_from = "discovery"
     res = {}
     for which, ckpt in (("before", before_ckpt), ("after", after_ckpt)):
@@ -197,7 +202,9 @@ def run(args) -> int:
     train = data_from_args(args, args.data)
     res = mitigate(args.checkpoint, train, args.discovery, out_dir=args.out, method=args.method, start=args.start,
                    config=cfg, options=opts, method_config=method_config, model_name=name, init=init,
-                   eval_dataset=args.discovery_data, device=device, resume=not args.no_resume, progress=progress)
+                   eval_dataset=args.discovery_data, device=device, resume=not args.no_resume,
+                   allow_data_change=args.allow_data_change, allow_empty_labelling=args.allow_empty_labelling,
+                   progress=progress)
 
     lab = res.labelling
     if lab:
@@ -225,19 +232,21 @@ def run(args) -> int:
     evaluation = None
     if eval_dir is not None:
         before_after(args.checkpoint, args.out, eval_dir, templates=res.options["templates"], method=args.method,
-                     model_name=name, device=device, discovery=discovery, progress=progress)
+                     model_name=name, device=device, discovery=discovery, allow_data_change=args.allow_data_change,
+                     progress=progress)
         evaluation = out / "evaluation.json"
     verify = None
     if not args.no_verify and discovery.features:
         v = verify_mitigation(load_model(name, checkpoint=args.checkpoint, device=device),
                               load_model(name, checkpoint=args.out, device=device), discovery,
                               eval_dataset=args.discovery_data, templates=res.options["templates"],
-                              random_state=discovery.random_state or 0, progress=progress)
+                              random_state=discovery.random_state or 0, allow_data_change=args.allow_data_change,
+                              progress=progress)
         verify = out / "verify.json"
         atomic_write_json(verify, v)
         print_verify(v)
     if evaluation is not None or verify is not None:
-        ds = discovery_dataset(discovery, args.discovery_data)
+        ds = discovery_dataset(discovery, args.discovery_data, allow_data_change=args.allow_data_change)
         page = write_report(discovery, ds, out, title=f"ravl mitigation ({args.method}): {Path(args.out).name}",
                             mitigation=evaluation, verify=verify)
         print(f"wrote {page} (open it in a browser)")

@@ -257,7 +257,8 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
 
 def groups_from_discovery(model, dataset, discovery, *, split: str | None = "test", features: Any = "class",
                           region_mode: str | None = None, assignment_quantile: float | None = 0.05,
-                          eval_dataset: Any = None, progress: bool = True) -> tuple[np.ndarray, str]:
+                          eval_dataset: Any = None, allow_data_change: bool = False, progress: bool = True
+                          ) -> tuple[np.ndarray, str]:
     """Which images of a split carry the discovered feature: ``(feature_present [N], name)``.
 
     For data without ``region_attributes``: every region of the split is assigned to the
@@ -276,6 +277,7 @@ def groups_from_discovery(model, dataset, discovery, *, split: str | None = "tes
         region_mode: Region embedding mode (default: the discovery's).
         assignment_quantile: Labelling threshold (see ``label_regions``).
         eval_dataset: The dataset discovery ran on, if it moved.
+        allow_data_change: Accept a discovery split that changed since discovery.
         progress: Show progress bars.
 
     Returns:
@@ -283,7 +285,8 @@ def groups_from_discovery(model, dataset, discovery, *, split: str | None = "tes
         ``"discovered feature #1 ('nine')"``.
     """
     lab = label_regions(model, dataset, discovery, features=features, region_mode=region_mode, split=split,
-                        eval_dataset=eval_dataset, assignment_quantile=assignment_quantile, progress=progress)
+                        eval_dataset=eval_dataset, assignment_quantile=assignment_quantile,
+                        allow_data_change=allow_data_change, progress=progress)
     ranks = ", ".join(f"#{r}" for r in lab.feature_ranks)
     cls = sorted(set(lab.feature_classes))
     name = f"discovered feature {ranks} ({', '.join(map(repr, cls))})"

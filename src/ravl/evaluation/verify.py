@@ -68,7 +68,8 @@ def feature_table(predictions: np.ndarray, labels: np.ndarray, present: np.ndarr
 
 def verify_mitigation(before_model, after_model, discovery: DiscoveryResult | str, *, eval_dataset: Any = None,
                       templates: Sequence[str] | None = None, max_features: int = 5, rediscover: bool = True,
-                      random_state: int = 0, progress: bool = True) -> dict[str, Any]:
+                      random_state: int = 0, allow_data_change: bool = False, progress: bool = True
+                      ) -> dict[str, Any]:
     """Each discovered feature's tables before and after mitigation, and what discovery finds after.
 
     Args:
@@ -81,6 +82,7 @@ def verify_mitigation(before_model, after_model, discovery: DiscoveryResult | st
         rediscover: Also run RaVL discovery on the mitigated model (same split, region mode,
             prompts and seed).
         random_state: Seed of the rediscovery.
+        allow_data_change: Accept a split that changed since discovery.
         progress: Show progress bars.
 
     Returns:
@@ -92,7 +94,7 @@ def verify_mitigation(before_model, after_model, discovery: DiscoveryResult | st
     """
     if not isinstance(discovery, DiscoveryResult):
         discovery = DiscoveryResult.from_json(discovery)
-    ds = discovery_dataset(discovery, eval_dataset).labelled_split(None, classes=list(discovery.classes) or None,
+    ds = discovery_dataset(discovery, eval_dataset, allow_data_change=allow_data_change).labelled_split(None, classes=list(discovery.classes) or None,
                                                                    purpose="the verify step")
     templates = tuple(templates or discovery.meta.get("templates") or DEFAULT_TEMPLATES)
     table = ds.region_table()

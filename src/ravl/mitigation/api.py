@@ -36,7 +36,7 @@ from typing import Any
 
 from ravl.data.dataset import RegionDataset, load_dataset
 from ravl.discovery.result import DiscoveryResult
-from ravl.exceptions import CheckpointError, InvalidParameterError
+from ravl.exceptions import CheckpointError, DatasetError, InvalidParameterError
 from ravl.mitigation.labelling import (
     DEFAULT_ASSIGNMENT_QUANTILE,
     DEFAULT_MIN_GAP_RATIO,
@@ -255,6 +255,7 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
              options: MitigationOptions | None = None, method_config: Any = None, model_name: str | None = None,
              init: dict[str, Any] | None = None, labelling: RegionLabelling | None = None,
              eval_dataset: Any = None, device: str | None = None, resume: bool = True,
+             allow_data_change: bool = False, allow_empty_labelling: bool = False,
              progress: bool = True) -> MitigationResult:
     """Fine-tune again with a mitigation method, using the regions discovery flagged.
 
@@ -280,6 +281,11 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
         eval_dataset: The dataset discovery ran on, if it moved from ``discovery.meta["data"]``.
         device: Torch device (default: the model's default).
         resume: Continue an interrupted run in ``out_dir``.
+        allow_data_change: Accept data that changed since discovery (its split) or since the
+            interrupted run started (the training split); refused by default.
+        allow_empty_labelling: Train a method that needs the discovered feature even when no
+            training region was labelled spurious (refused by default: the feature is then not in
+            the training data as discovery saw it, or the data changed).
         progress: Show progress bars.
 
     Returns:
@@ -337,7 +343,8 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
         labelling = label_regions(load_audited(), train_dataset, discovery, features=opts.features,
                                   region_mode=opts.region_mode, split=config.train_split,
                                   eval_dataset=eval_dataset, min_gap_ratio=opts.min_gap_ratio,
-                                  assignment_quantile=opts.assignment_quantile, progress=progress)
+                                  assignment_quantile=opts.assignment_quantile,
+                                  allow_data_change=allow_data_change, progress=progress)
     if labelling is not None:
         if not isinstance(labelling, RegionLabelling):
             raise InvalidParameterError(f"The 'labelling' parameter of {caller} must be a RegionLabelling.")
@@ -345,6 +352,13 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
             raise InvalidParameterError(
                 f"The labelling covers {labelling.n_images} images but split {config.train_split!r} has "
                 f"{len(train)}; label the same training split.")
+        if spec.needs_feature and labelling.region_labels.n_spurious == 0 and not allow_empty_labelling:
+            raise DatasetError(
+                f"No region of the '{config.train_split}' split was assigned to the discovered feature(s) "
+                f"{list(labelling.feature_ranks)}, so {method!r} has nothing to mitigate: the training data may not "
+                "contain the feature as discovery saw it, or the data changed since discovery. Check the data and "
+                "discovery.json, loosen the labelling (--assignment-quantile none), or train anyway with "
+                "--allow-empty-labelling (allow_empty_labelling=True).")
     labels = train.label_indices
     if spec.needs_feature and (labels < 0).any():
         raise InvalidParameterError(f"Method {method!r} needs a class label on every training image.")
@@ -375,7 +389,8 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
                 "method_config": method_cfg.to_dict(),
                 "labelling": labelling.fingerprint() if labelling is not None else None}
     res = finetune(model, train_dataset, out, config, objective=plan.objective, resume=resume, progress=progress,
-                   init=init_record, epoch_order=plan.epoch_order, run_info=run_info)
+                   init=init_record, epoch_order=plan.epoch_order, run_info=run_info,
+                   allow_data_change=allow_data_change)
 
     summary = labelling.summary() if labelling is not None else None
     result = MitigationResult(method=method, start=start, checkpoint_dir=str(out),

@@ -97,7 +97,8 @@ def check_mitigation_method(name: str, *, checkpoint: str | os.PathLike, train: 
     _check_config(spec)
     config = config or FinetuneConfig(epochs=1, batch_size=16, val_split=None)
     work = Path(work_dir)
-    kw = dict(method=name, config=config, method_config=method_config, labelling=labelling, progress=False)
+    kw = dict(method=name, config=config, method_config=method_config, labelling=labelling,
+              allow_empty_labelling=True, progress=False)
 
     res = mitigate(checkpoint, train, discovery, out_dir=work / "run", **kw)
     if len(res.history) != config.epochs:

@@ -346,16 +346,19 @@ def _discovery_split(discovery) -> str | None:
     return None if split in (None, "all") else split
 
 
-def discovery_dataset(discovery, eval_dataset: Any = None):
+def discovery_dataset(discovery, eval_dataset: Any = None, *, allow_data_change: bool = False):
     """The split discovery examined, with the regions it saw (its region source reapplied).
 
     Args:
         discovery: A :class:`~ravl.discovery.DiscoveryResult`.
         eval_dataset: The dataset discovery ran on (a :class:`~ravl.data.RegionDataset` or a
             folder), when it moved; default ``discovery.meta["data"]``.
+        allow_data_change: Accept a split whose content fingerprint differs from the one
+            discovery recorded (``meta["data_fingerprint"]``).
 
     Raises:
-        DatasetError: When the dataset is not recorded or does not exist any more.
+        DatasetError: When the dataset is not recorded, does not exist any more, or changed since
+            discovery (unless ``allow_data_change``).
     """
     if eval_dataset is None:
         path = discovery.meta.get("data")
@@ -374,11 +377,18 @@ def discovery_dataset(discovery, eval_dataset: Any = None):
         eval_dataset = with_region_source(eval_dataset, source, progress=False,
                                           iou_threshold=discovery.meta.get("region_iou", DEFAULT_IOU_THRESHOLD))
     split = _discovery_split(discovery)
-    return eval_dataset.subset(split) if split else eval_dataset
+    ds = eval_dataset.subset(split) if split else eval_dataset
+    recorded = discovery.meta.get("data_fingerprint")
+    if recorded and not allow_data_change and ds.fingerprint() != recorded:
+        raise DatasetError(f"The {split or 'whole'} split of {eval_dataset.root} changed since discovery examined it "
+                           "(its content fingerprint differs from discovery.json's meta['data_fingerprint']): the "
+                           "discovered clusters would be matched to other images. Rerun `ravl discover` on the data as "
+                           "it is now, restore the data, or pass --allow-data-change (allow_data_change=True).")
+    return ds
 
 
 def compute_medoid_embeddings(model, discovery, *, eval_dataset: Any = None, region_mode: str | None = None,
-                      batch_size: int = 128) -> np.ndarray:
+                              batch_size: int = 128, allow_data_change: bool = False) -> np.ndarray:
     """Recompute the ``[K, D]`` unit-norm medoid embeddings of a discovery result.
 
     The medoids are regions of the split discovery examined; they are embedded again with
@@ -403,7 +413,7 @@ def compute_medoid_embeddings(model, discovery, *, eval_dataset: Any = None, reg
         raise InvalidParameterError(f"The discovery result ({method}) has no cluster medoids, so fine-tuning regions cannot be "
                                     "assigned to its features. Region labelling needs a clustering discovery: `ravl discover` "
                                     "with --method ravl or one of its ablations.")
-    ds = discovery_dataset(discovery, eval_dataset)
+    ds = discovery_dataset(discovery, eval_dataset, allow_data_change=allow_data_change)
     split = _discovery_split(discovery)
     eval_dataset = ds
     table = ds.region_table()
@@ -524,7 +534,7 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
                   eval_dataset: Any = None, truth: str | None = None, batch_size: int = 128,
                   min_gap_ratio: float = DEFAULT_MIN_GAP_RATIO,
                   assignment_quantile: float | None = DEFAULT_ASSIGNMENT_QUANTILE,
-                  progress: bool = True) -> RegionLabelling:
+                  allow_data_change: bool = False, progress: bool = True) -> RegionLabelling:
     """Label every region of the fine-tuning split as spurious or candidate core (docs/algorithm.md §4).
 
     Args:
@@ -552,6 +562,8 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
             them), so that outliers far from every medoid are not claimed by the feature.
             ``None``: nearest medoid only (the paper's rule). The thresholds used are in
             ``summary()["assignment_thresholds"]``.
+        allow_data_change: Accept a discovery split whose content changed since discovery (see
+            :func:`discovery_dataset`).
         progress: Show progress bars.
 
     Returns:
@@ -577,6 +589,7 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
 
     if medoid_embeddings is None:
         medoids = compute_medoid_embeddings(model, discovery, eval_dataset=eval_dataset, region_mode=mode,
+                                            allow_data_change=allow_data_change,
                                             batch_size=batch_size)
     else:
         medoids = np.asarray(medoid_embeddings, dtype=np.float32)

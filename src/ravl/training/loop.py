@@ -240,7 +240,7 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
              resume: bool = True, progress: bool = True, init: dict[str, Any] | None = None,
              extra_state: Callable[[], dict[str, Any]] | None = None,
              epoch_order: Callable[[int], torch.Tensor] | None = None,
-             run_info: dict[str, Any] | None = None) -> FinetuneResult:
+             run_info: dict[str, Any] | None = None, allow_data_change: bool = False) -> FinetuneResult:
     """Fine-tune ``model`` in place on the image-caption pairs of ``dataset``.
 
     Args:
@@ -265,6 +265,9 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
             mitigation method, its options and a fingerprint of the labelled regions). Saved
             in the resume state; resuming a state saved with another ``run_info`` is refused
             with a :class:`~ravl.exceptions.CheckpointError` naming the keys that differ.
+        allow_data_change: Resume even though the training split changed since the run started
+            (its content fingerprint, :meth:`~ravl.data.RegionDataset.fingerprint`, differs);
+            without it such a resume is refused, so a run never silently mixes two datasets.
 
     Returns:
         A :class:`FinetuneResult`.
@@ -309,6 +312,7 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         if val is not None and len(val) == 0:
             val = None
 
+    data_fp = train.fingerprint()
     state_path = out / STATE_FILE
     state: dict[str, Any] | None = None
     if resume and state_path.exists():
@@ -332,6 +336,12 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         if state.get("n_train") != len(train):
             raise CheckpointError(f"{out} was trained on {state.get('n_train')} images but the dataset now "
                                   f"has {len(train)}. Use another --out folder or --no-resume.")
+        if state.get("data_fingerprint") not in (None, data_fp) and not allow_data_change:
+            raise CheckpointError(
+                f"The training data changed since the run in {out} started: the '{config.train_split}' split of "
+                f"{dataset.root} has the same {len(train)} images but other content (captions, labels, regions or "
+                "image files). Resuming would mix two datasets. Restore the data, start over with --no-resume "
+                "(resume=False), or continue anyway with --allow-data-change (allow_data_change=True).")
 
     module = model.module
     dev = model.device
@@ -374,7 +384,8 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
                 "epoch": epoch, "step_in_epoch": step_in_epoch, "history": history, "running": running,
                 "config": config.to_dict(), "objective": getattr(objective, "name", None),
                 "objective_state": objective.state_dict() if hasattr(objective, "state_dict") else None,
-                "n_train": len(train), "extra": extra_state() if extra_state else None, "run_info": run_info}
+                "n_train": len(train), "data_fingerprint": data_fp,
+                "extra": extra_state() if extra_state else None, "run_info": run_info}
 
     pixels = PixelStore(model, train, progress=progress, desc="loading train images")
     tokens = model.tokenize([r.caption for r in train.records])
@@ -386,7 +397,8 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         val_labels = val.label_indices
 
     ckpt_extra = {"finetune": config.to_dict(), "init": init, "objective": getattr(objective, "name", None),
-                  "train_data": str(Path(dataset.root).resolve()), "templates": _mined_templates(train)}
+                  "train_data": str(Path(dataset.root).resolve()), "train_fingerprint": data_fp,
+                  "templates": _mined_templates(train)}
     module.train()
     last_save = time.monotonic()
     while epoch < config.epochs:
