@@ -107,6 +107,7 @@ def test_explicit_medoids_and_moved_dataset(hand_discovery, model, train_ds, set
     # a changed folder (another region count) is refused
     d["meta"]["data"] = str(setting.eval_dir)
     d["n_regions"] += 4
+    d["region_clusters"] += [0] * 4
     with pytest.raises(DatasetError, match="changed since discovery"):
         label_regions(model, train_ds, DiscoveryResult.from_dict(d), progress=False)
 

@@ -7,18 +7,21 @@ documented in ``docs/discovery.md``). Non-finite numbers are written as ``null``
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ravl.exceptions import InvalidParameterError
-from ravl.utils.io import atomic_write_json, read_json
+from ravl.exceptions import DatasetError, InvalidParameterError
+from ravl.utils.io import atomic_write_json
 from ravl.utils.validation import check_choice, check_float, check_int
 
 __all__ = [
     "SCHEMA",
+    "DiscoveryFileError",
+    "validate_discovery_dict",
     "SCORINGS",
     "STATUSES",
     "DiscoveryConfig",
@@ -422,11 +425,15 @@ class DiscoveryResult:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DiscoveryResult:
-        """Inverse of :meth:`to_dict`."""
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "the discovery result") -> DiscoveryResult:
+        """Inverse of :meth:`to_dict`; the dict is validated first (:func:`validate_discovery_dict`).
+
+        Raises:
+            DiscoveryFileError: The dict does not follow the schema; the message names ``source``
+                and every key that is wrong.
+        """
+        validate_discovery_dict(d, source)
         schema = d.get("schema", SCHEMA)
-        if not str(schema).startswith("ravl.discovery/"):
-            raise InvalidParameterError(f"Not a ravl discovery result: schema {schema!r} (expected {SCHEMA!r}).")
         sil = d.get("silhouette")
         inertia = d.get("inertia")
         return cls(
@@ -452,5 +459,156 @@ class DiscoveryResult:
 
     @classmethod
     def from_json(cls, path: str | Path) -> DiscoveryResult:
-        """Read a result written by :meth:`to_json`."""
-        return cls.from_dict(read_json(path))
+        """Read a result written by :meth:`to_json`.
+
+        Raises:
+            DiscoveryFileError: The file is missing, empty, not JSON (e.g. truncated), of another
+                schema version, or edited so that a key is missing or of the wrong kind; the
+                message names the file and the key.
+        """
+        p = Path(path)
+        if p.is_dir() and (p / "discovery.json").is_file():
+            p = p / "discovery.json"
+        if not p.is_file():
+            raise DiscoveryFileError(f"{p} does not exist" + (" (it is a folder)" if p.is_dir() else "")
+                                     + "; give the discovery.json written by `ravl discover --out DIR` (DIR/discovery.json).")
+        text = p.read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            raise DiscoveryFileError(f"{p} is empty; rerun `ravl discover` to write it again.")
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DiscoveryFileError(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
+                                     "the file is truncated or was edited by hand. Rerun `ravl discover`.") from None
+        return cls.from_dict(d, source=str(p))
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of discovery.json
+# ---------------------------------------------------------------------------------------------
+
+class DiscoveryFileError(DatasetError):
+    """A discovery.json (or dict) that cannot be used: missing, truncated, another schema, edited."""
+
+
+_NUM = (int, float)
+_GAP = {"class": str, "acc_present": _NUM, "n_present": int, "acc_absent": _NUM, "n_absent": int, "weight": _NUM,
+        "gap": _NUM}
+_REGION = {"region_index": int, "image_index": int, "similarity": _NUM, "file_name?": (str, None),
+           "box?": ([_NUM], None)}
+_FEATURE = {"rank": int, "cluster": int, "class?": (str, None), "gap": _NUM, "influence?": (_NUM, None),
+            "spurious_pattern": bool, "n_regions": int, "n_images": int, "medoid_region_index": int,
+            "table": [_GAP], "regions": [_REGION]}
+_CLUSTER = {"cluster": int, "n_regions": int, "n_images": int, "medoid_region_index": int, "gap": _NUM,
+            "influence?": (_NUM, None), "spurious_pattern": bool, "passed": bool}
+_SWEEP = {"k": int, "silhouette?": (_NUM, None), "inertia": _NUM, "n_iter": int, "converged": bool}
+_RESULT = {"schema?": str, "status": str, "message": str, "classes": [str], "scoring": str, "config": dict,
+           "random_state": (int, None), "n_regions": int, "n_images": int, "n_clusters?": (int, None),
+           "silhouette?": (_NUM, None), "silhouette_positive": bool, "inertia?": (_NUM, None), "k_sweep": [_SWEEP],
+           "bounded_memory": bool, "negative_similarity": str, "medoid_indices": [int], "region_clusters": [int],
+           "clusters": [_CLUSTER], "features": [_FEATURE], "meta?": dict}
+
+
+def _kind_ok(value: Any, kind: Any) -> bool:
+    if kind is None:
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _NUM:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind) if isinstance(kind, type) else False
+
+
+def _check(value: Any, spec: Any, path: str, problems: list[str]) -> None:
+    if len(problems) >= 20:
+        return
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            problems.append(f"{path or 'the top level'} must be an object, not {type(value).__name__}")
+            return
+        for key, sub in spec.items():
+            optional = key.endswith("?")
+            key = key.rstrip("?")
+            if key not in value:
+                if not optional:
+                    problems.append(f"key '{path + '.' if path else ''}{key}' is missing")
+                continue
+            _check(value[key], sub, f"{path + '.' if path else ''}{key}", problems)
+    elif isinstance(spec, list):
+        if not isinstance(value, list):
+            problems.append(f"'{path}' must be a list, not {type(value).__name__}")
+            return
+        for i, item in enumerate(value):
+            _check(item, spec[0], f"{path}[{i}]", problems)
+    elif isinstance(spec, tuple) and spec != _NUM:
+        if not any(_check_one(value, alt) for alt in spec):
+            problems.append(f"'{path}' has {value!r}, which is not {' or '.join(_name(a) for a in spec)}")
+    elif not _kind_ok(value, spec):
+        problems.append(f"'{path}' has {value!r}, which is not {_name(spec)}")
+
+
+def _check_one(value: Any, alt: Any) -> bool:
+    if isinstance(alt, list):
+        return isinstance(value, list) and all(_kind_ok(v, alt[0]) for v in value)
+    return _kind_ok(value, alt)
+
+
+def _name(kind: Any) -> str:
+    if kind is None:
+        return "null"
+    if isinstance(kind, list):
+        return f"a list of {_name(kind[0])}s"
+    if kind == _NUM:
+        return "a number"
+    return {str: "a string", int: "an integer", bool: "true/false", dict: "an object"}.get(kind, str(kind))
+
+
+def validate_discovery_dict(d: Any, source: str = "the discovery result") -> None:
+    """Check a discovery.json dict against the schema and its own consistency.
+
+    Raises:
+        DiscoveryFileError: Naming ``source``, the schema version when it is not this ravl's, or up
+            to 20 problems, each with its key path (e.g. ``features[0].cluster``).
+    """
+    if not isinstance(d, Mapping):
+        raise DiscoveryFileError(f"{source} is not a discovery result: it holds {type(d).__name__}, not a JSON "
+                                 "object. Give the discovery.json written by `ravl discover`.")
+    schema = d.get("schema", SCHEMA)
+    if not isinstance(schema, str) or not schema.startswith("ravl.discovery/"):
+        raise DiscoveryFileError(f"{source} is not a ravl discovery result: schema {schema!r} (expected {SCHEMA!r}).")
+    if schema != SCHEMA:
+        raise DiscoveryFileError(f"{source} has schema {schema!r}, which this ravl ({SCHEMA!r}) cannot read: it was "
+                                 "written by another version of ravl. Rerun `ravl discover` with this version, or "
+                                 "use the version that wrote it.")
+    problems: list[str] = []
+    _check(dict(d), _RESULT, "", problems)
+    if not problems:
+        n, k = d["n_regions"], len(d["medoid_indices"])
+        clustered = k > 0  # the baselines rank regions without clustering: no medoids, no region clusters
+        if clustered and len(d["region_clusters"]) != n:
+            problems.append(f"'region_clusters' has {len(d['region_clusters'])} entries but 'n_regions' is {n}")
+        if any(not 0 <= i < n for i in d["medoid_indices"]):
+            problems.append(f"'medoid_indices' must be region indices in [0, {n})")
+        if clustered and any(not 0 <= c < k for c in d["region_clusters"]):
+            problems.append(f"'region_clusters' must hold cluster ids in [0, {k})")
+        classes = list(d["classes"])
+        if len(set(classes)) != len(classes):
+            problems.append("'classes' repeats a name")
+        for i, f in enumerate(d["features"]):
+            if f["rank"] != i + 1:
+                problems.append(f"'features[{i}].rank' is {f['rank']}, expected {i + 1} (ranks are 1, 2, ...)")
+            if clustered and not 0 <= f["cluster"] < k:
+                problems.append(f"'features[{i}].cluster' is {f['cluster']}, not a cluster id in [0, {k})")
+            if f.get("class") is not None and f["class"] not in classes:
+                problems.append(f"'features[{i}].class' is {f['class']!r}, which is not among 'classes'")
+            for j, r in enumerate(f["regions"]):
+                if not 0 <= r["region_index"] < n:
+                    problems.append(f"'features[{i}].regions[{j}].region_index' is {r['region_index']}, outside "
+                                    f"[0, {n})")
+                    break
+    if problems:
+        shown = "; ".join(problems[:20])
+        raise DiscoveryFileError(f"{source} does not follow the discovery.json schema ({SCHEMA}): {shown}. It was "
+                                 "edited by hand or written by something else; rerun `ravl discover`.")
