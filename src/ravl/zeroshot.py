@@ -26,6 +26,7 @@ __all__ = [
     "DIGIT_TEMPLATES",
     "ZeroShotResult",
     "check_templates",
+    "template_problem",
     "prompt_tokens",
     "prompt_embeddings",
     "class_text_embeddings",
@@ -52,13 +53,38 @@ DIGIT_TEMPLATES: tuple[str, ...] = (
 )
 
 
+def template_problem(template: str) -> str | None:
+    """Why ``template`` is not a usable prompt template (``None`` when it is).
+
+    A template holds exactly one ``{}`` (where the class name goes) and no other brace, so that
+    ``template.format(name)`` gives the prompt.
+
+    Example:
+        >>> template_problem("a photo of a {}") is None
+        True
+        >>> template_problem("a {} next to a {}")
+        "has 2 '{}' placeholders; write exactly one, where the class name goes"
+    """
+    if not isinstance(template, str):
+        return f"is a {type(template).__name__}, not a string"
+    n = template.count("{}")
+    if n == 0:
+        return "has no '{}' placeholder; write e.g. 'a photo of a {}'"
+    if n > 1:
+        return f"has {n} '{{}}' placeholders; write exactly one, where the class name goes"
+    if template.replace("{}", "").count("{") or template.replace("{}", "").count("}"):
+        return "has a brace besides its '{}' placeholder; remove it ('{' and '}' are reserved)"
+    return None
+
+
 def read_templates(path: str | Path) -> tuple[str, ...]:
     """Read prompt templates from a text file, one per line, each containing ``{}``.
 
     Blank lines and lines starting with ``#`` are ignored.
 
     Raises:
-        ValueError: When the file has no template or a line lacks the ``{}`` placeholder.
+        DatasetError: When the file is missing or holds no template, or a line is not a template
+            (see :func:`template_problem`; the message names the line).
     """
     path = Path(path)
     if not path.exists() or path.is_dir():
@@ -69,9 +95,9 @@ def read_templates(path: str | Path) -> tuple[str, ...]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        if "{}" not in line:
-            raise DatasetError(f"{path} line {n}: template {line!r} has no '{{}}' placeholder; "
-                               "write e.g. 'a photo of a {}'.")
+        why = template_problem(line)
+        if why:
+            raise DatasetError(f"{path} line {n}: template {line!r} {why}.")
         out.append(line)
     if not out:
         raise DatasetError(f"{path} holds no template; write one per line, e.g. 'a photo of a {{}}'.")
@@ -94,9 +120,10 @@ def check_templates(templates: Sequence[str] | None, caller: str = "zero_shot_cl
         raise InvalidParameterError(f"The 'templates' parameter of {caller} must be a non-empty list of strings "
                                     "containing '{}'. Got an empty list instead.")
     for t in templates:
-        if not isinstance(t, str) or "{}" not in t:
-            raise InvalidParameterError(f"Every template must be a string containing '{{}}' (the class name), e.g. "
-                                        f"'a photo of a {{}}'. Got {t!r}.")
+        why = template_problem(t)
+        if why:
+            raise InvalidParameterError(f"Every template must be a string containing '{{}}' (the class name) once, "
+                                        f"e.g. 'a photo of a {{}}'. The template {t!r} {why}.")
     return templates
 
 

@@ -15,10 +15,11 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from ravl._version import __version__
-from ravl.exceptions import InvalidParameterError, RavlError, UnknownNameError
+from ravl.exceptions import InvalidParameterError, RavlError, RavlWarning, UnknownNameError
 
 #: Entry-point group of plugins: modules that register models, discovery or mitigation methods or
 #: features, imported before the command line is built (``[project.entry-points."ravl.plugins"]``).
@@ -48,9 +49,16 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one ``error:`` line for a usage mistake (exit 2), like every other ravl error."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser: every subcommand's arguments, or only ``command``'s (what ``main`` uses)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ravl",
         description="Find and fix spurious correlations in fine-tuned vision-language models (RaVL).",
     )
@@ -101,7 +109,13 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _error(exc: BaseException, verbose: int, code: int) -> int:
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one ``warning:`` line (the location only for warnings that are not ravl's)."""
+    where = "" if issubclass(category, RavlWarning) else f" ({category.__name__} at {filename}:{lineno})"
+    print(f"warning: {message}{where}", file=sys.stderr)
+
+
+def _error(exc: BaseException | str, verbose: int, code: int) -> int:
     """Print ``error: MESSAGE`` (the traceback first with ``-v``) and return ``code``."""
     if verbose:
         traceback.print_exc(file=sys.stderr)
@@ -133,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "quiet", False):
         os.environ["RAVL_PROGRESS"] = "0"  # every progress bar, library ones included
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args._run(args) or 0)
     except (InvalidParameterError, UnknownNameError) as exc:  # a usage mistake: exit 2, as argparse does
         return _error(exc, args.verbose, 2)
     except RavlError as exc:  # the data, a checkpoint or the environment: exit 1
@@ -142,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a path that cannot be read or written, a full disk: exit 1, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        return _error(f"{exc.strerror or exc}{where} ({type(exc).__name__}); check the path and its permissions",
+                      args.verbose, 1)
     except KeyboardInterrupt:
         print("interrupted: finished results are saved; rerun the same command to resume.", file=sys.stderr)
         return 130

@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ravl.data.dataset import RegionDataset, load_dataset
+from ravl.data.dataset import SPLITS, RegionDataset, load_dataset
 from ravl.data.region_sources import DEFAULT_IOU_THRESHOLD, parse_region_source, with_region_source
 from ravl.exceptions import InvalidParameterError
 from ravl.mitigation.labelling import FEATURE_CHOICES
 from ravl.models import load_model
 from ravl.models.checkpoint import is_checkpoint, read_checkpoint_config
 from ravl.utils.io import atomic_write_json
+from ravl.utils.outputs import check_output_dir, check_output_file
 from ravl.zeroshot import DEFAULT_TEMPLATES, read_templates
 
 
@@ -26,13 +27,47 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, checkpoint_help: str
                    help="registry name (see `ravl models`); default: the name stored in --checkpoint, else 'tiny'")
     g.add_argument("--checkpoint", default=None,
                    help=checkpoint_help or "ravl checkpoint folder (model.safetensors + config.json) or backend weights")
-    g.add_argument("--device", default="auto", help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    add_device_argument(g)
+
+
+def add_device_argument(parser) -> None:
+    """``--device``, checked when the command line is parsed (before any work)."""
+    parser.add_argument("--device", default="auto", type=_device_type,
+                        help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+
+
+def _device_type(text: str) -> str:
+    try:
+        return resolve_device(text)
+    except InvalidParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def resolve_device(name: str) -> str:
+    """``--device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked.
+
+    Raises:
+        InvalidParameterError: An unknown device, CUDA where there is none, or a GPU index beyond
+            the GPUs present.
+    """
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise InvalidParameterError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidParameterError(f"--device {name} asks for CUDA, which is not available on this machine "
+                                        "(no GPU, or a CPU-only torch build); use --device cpu or auto.")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise InvalidParameterError(f"--device {name}: this machine has {n} CUDA device(s), numbered 0 to "
+                                        f"{n - 1}.")
+    elif dev.type not in ("cpu", "mps"):
+        raise InvalidParameterError(f"--device {name!r}: ravl runs on cpu or cuda (auto picks); got a {dev.type} "
+                                    "device.")
+    return str(dev)
 
 
 def model_from_args(args, **kwargs):
@@ -163,3 +198,25 @@ def parse_quantile(text: str, flag: str = "--assignment-quantile") -> float | No
         return None if q == "none" else float(q)
     except ValueError:
         raise InvalidParameterError(f"{flag} must be a number in [0, 1] or 'none'; got {text!r}") from None
+
+
+def out_dir_arg(text: str) -> str:
+    """argparse type of an output folder: not a file, and writable (checked before any work)."""
+    try:
+        check_output_dir(text)
+    except InvalidParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--out ", "", 1)) from None
+    return text
+
+
+def out_file_arg(text: str) -> str:
+    """argparse type of an output file (``--json``): not a folder, in a writable folder."""
+    try:
+        check_output_file(text)
+    except InvalidParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--json ", "", 1)) from None
+    return text
+
+
+#: ``--split`` choices of the commands that read one split (``all``: every row).
+SPLIT_CHOICES = [*SPLITS, "all"]

@@ -12,12 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ravl.cli._common import (
+    SPLIT_CHOICES,
     add_data_class_arguments,
     add_model_arguments,
     add_region_arguments,
     data_from_args,
     fmt,
     model_from_args,
+    out_dir_arg,
     parse_features,
     region_meta,
     templates_from_args,
@@ -43,8 +45,8 @@ DESCRIPTION = ("audit a fine-tuned model on a labelled dataset folder in one ste
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--data", required=True, help="dataset folder with metadata.jsonl (labels on every row)")
-    parser.add_argument("--split", default="val", help="split to audit ('all' for every row)")
-    parser.add_argument("--out", default="audit", help="output folder: discovery.json, evaluation.json, report.html")
+    parser.add_argument("--split", default="val", choices=SPLIT_CHOICES, help="split to audit ('all' for every row)")
+    parser.add_argument("--out", default="audit", type=out_dir_arg, help="output folder: discovery.json, evaluation.json, report.html")
     add_data_class_arguments(parser)
     parser.add_argument("--region-mode", default=None, choices=list(REGION_MODES),
                         help="how regions are embedded (default: masked)")
@@ -97,7 +99,8 @@ def _audit(args, split, features, out: Path) -> Path:
                   "data": str(Path(args.data).resolve()), "templates": list(templates), "template_source": origin,
                   "groups_from": groups_from, **region_meta(ds, args)}
     with staged_output(out, what="ravl audit") as stage:  # the three files replace the folder as one unit
-        atomic_write_json(stage / "discovery.json", d)
+        atomic_write_json(stage / "timings.json", d.pop("timings", {}))  # wall clock kept apart
+        atomic_write_json(stage / "discovery.json", {**d, "timings": {}})  # the same run gives the same bytes
         write_json(stage / "evaluation.json", evaluation)
         write_report(d, ds, stage, title=f"ravl audit: {model.name} on {Path(args.data).name}", evaluation=evaluation)
     return out / "report.html"

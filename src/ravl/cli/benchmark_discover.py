@@ -20,6 +20,7 @@ from ravl.benchmarks.discovery import (
     summary_tables,
 )
 from ravl.cli._benchmark_common import add_backend_arguments, check_backend_arguments
+from ravl.cli._common import out_dir_arg
 from ravl.discovery.registry import DISCOVERY_METHODS
 from ravl.report.figures import precision_vs_strength
 from ravl.report.tables import discovery_csv, format_discovery_summary
@@ -33,7 +34,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Builds every setting (feature x spurious class x V x seed), fine-tunes the tiny "
                                    "CLIP, applies the validity rule and runs every method; resumable. --grid picks "
                                    "the settings and sizes; explicit options override them.")
-    d.add_argument("--out", default="benchmarks/results/discover", help="work folder (cache, results.jsonl, tables)")
+    d.add_argument("--out", default="benchmarks/results/discover", type=out_dir_arg, help="work folder (cache, results.jsonl, tables)")
     d.add_argument("--grid", choices=sorted(GRID_PRESETS), default="default",
                    help="; ".join(f"{k}: {v.description}" for k, v in GRID_PRESETS.items()))
     d.add_argument("--features", nargs="+", default=None, help="override the grid's features")

@@ -22,7 +22,7 @@ from ravl.benchmarks.mitigation import (
     summarize_mitigation,
 )
 from ravl.cli._benchmark_common import add_backend_arguments, check_backend_arguments
-from ravl.cli._common import parse_features, parse_quantile
+from ravl.cli._common import out_dir_arg, parse_features, parse_quantile
 from ravl.cli._methods import add_method_arguments, method_configs_from_args
 from ravl.evaluation.metrics import SUMMARY_METRICS
 from ravl.mitigation.api import MitigationOptions
@@ -45,7 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "the same initialisation, and scores the four metrics on the eval test split; "
                                    "resumable (rerun the same command).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="benchmarks/results/mitigate", help="work folder (cache, results.jsonl, tables)")
+    p.add_argument("--out", default="benchmarks/results/mitigate", type=out_dir_arg, help="work folder (cache, results.jsonl, tables)")
     p.add_argument("--features", nargs="+", default=DEFAULT_FEATURES, help="planted features of the grid")
     p.add_argument("--spurious-classes", nargs="+", default=DEFAULT_CLASSES)
     p.add_argument("--strengths", nargs="+", type=float, default=DEFAULT_STRENGTHS)

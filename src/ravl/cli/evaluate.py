@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 
 from ravl.cli._common import (
+    SPLIT_CHOICES,
     add_data_class_arguments,
     add_model_arguments,
     add_region_arguments,
     data_from_args,
     fmt,
     model_from_args,
+    out_file_arg,
     parse_features,
     print_table,
     region_meta,
@@ -32,7 +35,7 @@ DESCRIPTION = ("zero-shot accuracy: overall, per class, per (class x spurious fe
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--data", required=True, help="dataset folder with metadata.jsonl (labels on every row)")
-    parser.add_argument("--split", default="test", help="split to evaluate ('all' for every row)")
+    parser.add_argument("--split", default="test", choices=SPLIT_CHOICES, help="split to evaluate ('all' for every row)")
     add_data_class_arguments(parser)
     parser.add_argument("--spurious-feature", default=None,
                         help="region attribute marking the spurious feature (default: inferred from region_attributes)")
@@ -51,7 +54,7 @@ def add_arguments(parser) -> None:
                              "feature's class), 'top', 'all' or ranks like '1,2'")
     add_region_arguments(parser)
     parser.add_argument("--no-regions", action="store_true", help="skip core-region metrics")
-    parser.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    parser.add_argument("--json", default=None, type=out_file_arg, help="also write the results as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -113,6 +116,11 @@ def run(args) -> int:
     split = None if args.split == "all" else args.split
     ds = data_from_args(args, args.data, classes=args.classes, require_fields=("label",))
     features = parse_features(args.features)
+    if args.spurious_class is not None and args.spurious_class not in ds.classes:
+        close = difflib.get_close_matches(args.spurious_class, ds.classes, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise InvalidParameterError(f"--spurious-class {args.spurious_class!r} is not a class of {args.data}.{hint} "
+                                    f"The classes are: {', '.join(ds.classes)}.")
     model = model_from_args(args)
     templates, origin = templates_from_args(args)
     present, group_info = None, {}

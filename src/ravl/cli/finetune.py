@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ravl.cli._common import add_model_arguments, model_from_args, print_table
+from ravl.cli._common import add_model_arguments, model_from_args, out_dir_arg, print_table
 from ravl.data.dataset import load_dataset
 from ravl.training.loop import FinetuneConfig, finetune
 
@@ -14,7 +14,7 @@ def add_arguments(parser) -> None:
     add_model_arguments(parser, checkpoint_help="weights to start from (default: the model's own initialisation)")
     parser.add_argument("--model-seed", type=int, default=0, help="seed of the tiny CLIP's initial weights")
     parser.add_argument("--data", required=True, help="dataset folder with metadata.jsonl (captions on train rows)")
-    parser.add_argument("--out", required=True, help="output checkpoint folder")
+    parser.add_argument("--out", required=True, type=out_dir_arg, help="output checkpoint folder")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (use ~1e-5 for pretrained CLIPs)")
@@ -29,13 +29,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    ds = load_dataset(args.data)  # finetune() checks that every training row has a caption
-    model_kwargs = {"seed": args.model_seed} if (args.model or "tiny") == "tiny" else {}
-    model = model_from_args(args, **model_kwargs)
     val = None if str(args.val_split).lower() == "none" else args.val_split
+    # the recipe is checked first: a bad --epochs / --lr / --batch-size fails before any loading
     cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, seed=args.seed, train_split=args.train_split,
                          val_split=val)
+    ds = load_dataset(args.data)  # finetune() checks that every training row has a caption
+    model_kwargs = {"seed": args.model_seed} if (args.model or "tiny") == "tiny" else {}
+    model = model_from_args(args, **model_kwargs)
     init = {"model": model.name, "checkpoint": args.checkpoint, **model_kwargs}
     res = finetune(model, ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, init=init,
                    allow_data_change=args.allow_data_change)

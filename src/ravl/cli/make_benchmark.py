@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ravl.cli._common import out_dir_arg
 from ravl.data.coco_settings import format_coco_pairs, list_coco_pairs, make_coco_setting
 from ravl.data.features import list_features
 from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
@@ -21,7 +22,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (train/, eval/, setting.json)")
+    parser.add_argument("--out", default=None, metavar="DIR", type=out_dir_arg, help="output folder (train/, eval/, setting.json)")
     parser.add_argument("--spurious-class", default=None,
                         help="class tied to the feature: a digit word (zero..nine) or a digit 0-9 (default nine); "
                              "with --from-coco one of the pool's classes")

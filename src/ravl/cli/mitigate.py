@@ -10,6 +10,7 @@ from ravl.cli._common import (
     add_region_arguments,
     data_from_args,
     fmt,
+    out_dir_arg,
     parse_features,
     parse_quantile,
     print_table,
@@ -42,7 +43,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--discovery", required=True, help="discovery.json written by `ravl discover`")
     parser.add_argument("--method", default="ravl", choices=list_mitigation_methods(),
                         help="; ".join(f"{k}: {v}" for k, v in describe_mitigation_methods().items()))
-    parser.add_argument("--out", required=True, help="output checkpoint folder")
+    parser.add_argument("--out", required=True, type=out_dir_arg, help="output checkpoint folder")
     parser.add_argument("--start", default="init", choices=["init", "checkpoint"],
                         help="start from the original fine-tuning's initial weights, or from the audited checkpoint")
     parser.add_argument("--init", default=None, metavar="WEIGHTS",

@@ -53,6 +53,8 @@ from ravl.utils.progress import progress
 from ravl.utils.validation import check_choice, check_int
 
 __all__ = [
+    "check_dataset",
+    "to_rgb",
     "DEFAULT_GRID",
     "SPLITS",
     "METADATA_FILE",
@@ -335,9 +337,9 @@ class RegionDataset:
         try:
             with Image.open(r.path) as im:
                 im.load()
-                if im.mode == "P" and "transparency" in im.info:
-                    im = im.convert("RGBA")
-                return im.convert("RGB")
+                return to_rgb(im)
+        except Image.DecompressionBombError as exc:
+            raise DatasetError(f"Image {r.path} ({self._metadata_path.name} line {r.line}) {_bomb_text(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - any decoder error is a data problem
             raise DatasetError(f"Cannot read image {r.path} ({self._metadata_path.name} line {r.line}): "
                                f"{_exc_text(exc)}. Re-export it as PNG or JPEG, or remove the row.") from None
@@ -494,6 +496,15 @@ def _check_grid(grid: Any, caller: str) -> tuple[int, int]:
     return (check_int(grid[0], "grid[0]", caller, low=1), check_int(grid[1], "grid[1]", caller, low=1))
 
 
+def _confusable(names: Iterable[str]) -> list[list[str]]:
+    """Groups of distinct names that are equal up to case and white space (sorted, one group per key)."""
+    groups: dict[str, set[str]] = {}
+    for n in names:
+        if isinstance(n, str):
+            groups.setdefault(" ".join(n.split()).casefold(), set()).add(n)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
 def _check_classes(classes: Any, caller: str) -> tuple[str, ...]:
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
         raise InvalidParameterError(f"The 'classes' parameter of {caller} must be a list of class-name strings. "
@@ -505,6 +516,11 @@ def _check_classes(classes: Any, caller: str) -> tuple[str, ...]:
     dup = [c for c, n in Counter(classes).items() if n > 1]
     if dup:
         raise InvalidParameterError(f"The 'classes' parameter of {caller} must not repeat a name. Got {dup[0]!r} twice.")
+    same = _confusable(classes)
+    if same:
+        raise InvalidParameterError(f"The 'classes' parameter of {caller} holds names that differ only in case or white "
+                                    f"space ({', '.join(repr(c) for c in same[0])}); the tokenizer cannot tell them "
+                                    "apart. Use one spelling for each class.")
     return classes
 
 
@@ -611,6 +627,21 @@ class _Row:
     height: int | None = None
 
 
+def check_dataset(dataset: Any, caller: str, param: str = "dataset") -> RegionDataset:
+    """``dataset`` when it is a :class:`RegionDataset`, else a clear error (a folder path is not loaded
+    silently: the caller decides how, e.g. which classes).
+
+    Raises:
+        InvalidParameterError: (a ``TypeError``) naming the parameter, what was given and the fix.
+    """
+    if isinstance(dataset, RegionDataset):
+        return dataset
+    hint = (f" Load the folder first: ravl.load_dataset({str(dataset)!r})." if isinstance(dataset, (str, os.PathLike))
+            else "")
+    raise InvalidParameterError(f"The '{param}' parameter of {caller} must be a RegionDataset (from "
+                                f"ravl.load_dataset). Got {type(dataset).__name__} {str(dataset)[:60]!r}.{hint}")
+
+
 def load_dataset(path: str | os.PathLike, *, split: str | Sequence[str] | None = None,
                  classes: Sequence[str] | None = None, grid: tuple[int, int] = DEFAULT_GRID,
                  require_fields: Sequence[str] = (), check_images: bool = True) -> RegionDataset:
@@ -705,6 +736,10 @@ def load_dataset(path: str | os.PathLike, *, split: str | Sequence[str] | None =
         class_source = None
     if class_source is not None and class_list:
         _check_labels(rows, class_list, class_source, problems)
+    for group in _confusable(list(class_list) + [r.label for r in rows if r.label is not None]):
+        problems.file_level(f"the class names {', '.join(repr(g) for g in group)} differ only in upper/lower case or "
+                            "white space: the tokenizer reads them as the same word, so zero-shot scoring cannot "
+                            "tell those classes apart; use one spelling for each class")
 
     # Images: existence, size from the header, integrity.
     _check_images(rows, root, verify=check_images, problems=problems)
@@ -1007,6 +1042,36 @@ def _check_labels(rows: list[_Row], classes: tuple[str, ...], source: str, probl
         r.label = None
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of a loaded PIL image, scaling high-bit-depth pixels instead of clipping them.
+
+    16-bit greyscale (PNG ``I;16``) is divided by 257 and 32-bit integer or float images are
+    scaled from their own range (``PIL.Image.convert("RGB")`` would clip them to 0/255, a binary
+    image); palette images with transparency go through RGBA first.
+    """
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(im, dtype=np.uint16).astype(np.float64) / 257.0
+        return Image.fromarray(np.round(arr).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = (0.0, 65535.0) if im.mode == "I" and arr.min() >= 0 and arr.max() > 255 else (arr.min(), arr.max())
+        if im.mode == "I" and arr.min() >= 0 and arr.max() <= 255:
+            lo, hi = 0.0, 255.0
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        return Image.fromarray(np.round(np.clip(scaled, 0, 255)).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
+def _bomb_text(exc: Exception) -> str:
+    limit = Image.MAX_IMAGE_PIXELS
+    return (f"is larger than Pillow's decompression-bomb limit ({exc}); Pillow refuses images above "
+            f"{2 * limit:,} pixels as a protection against malicious files (limit: PIL.Image.MAX_IMAGE_PIXELS = "
+            f"{limit:,}). If the image is genuine, downscale it, or raise the limit in Python "
+            "(PIL.Image.MAX_IMAGE_PIXELS = None) before loading.")
+
+
 def _check_images(rows: list[_Row], root: Path, *, verify: bool, problems: _Problems) -> None:
     listings: dict[Path, list[str] | None] = {}
     n_suggested = 0
@@ -1033,6 +1098,9 @@ def _check_images(rows: list[_Row], root: Path, *, verify: bool, problems: _Prob
         except IsADirectoryError:
             problems.row(r.line, "'file_name'", f"{_q(r.file_name)} is a folder, not an image; point it at an image "
                                                 "file")
+            continue
+        except Image.DecompressionBombError as exc:
+            problems.row(r.line, "'file_name'", f"image {_q(r.file_name)} {_bomb_text(exc)[:-1]}")
             continue
         except Exception as exc:  # noqa: BLE001 - any decoder error is a data problem
             if p.is_dir():

@@ -110,6 +110,7 @@ from ravl.data.dataset import (
     _type_name,
     grid_boxes,
     parse_grid,
+    to_rgb,
 )
 from ravl.data.digits import cache_dir
 from ravl.exceptions import DatasetError, DatasetValidationError, InvalidParameterError
@@ -453,7 +454,7 @@ def _load_rgb(path: Path) -> np.ndarray:
         im.load()
         if im.mode == "P" and "transparency" in im.info:
             im = im.convert("RGBA")
-        return np.asarray(im.convert("RGB"))
+        return np.asarray(to_rgb(im))
 
 
 def _segment_file(job: tuple[str, str, RegionSource]) -> np.ndarray:

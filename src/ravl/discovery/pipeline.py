@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ravl.data.dataset import check_dataset
 from ravl.discovery.core import discover
+from ravl.models.base import check_model
 from ravl.models.regions import DEFAULT_REGION_MODE, embed_images, embed_regions
 from ravl.utils.io import atomic_write
 from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
@@ -109,7 +111,8 @@ def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequ
         batch_size: Images per forward pass.
         progress: Show progress bars.
     """
-    ds = dataset.labelled_split(split, classes=classes, purpose="discovery")
+    check_model(model, "discovery_inputs")
+    ds = check_dataset(dataset, "discovery_inputs").labelled_split(split, classes=classes, purpose="discovery")
     classes = tuple(ds.classes)
     labels = ds.label_indices
     mode = region_mode or DEFAULT_REGION_MODE

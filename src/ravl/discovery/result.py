@@ -453,9 +453,18 @@ class DiscoveryResult:
             meta=dict(d.get("meta", {})), ravl_version=str(d.get("ravl_version", "")), schema=str(schema),
         )
 
-    def to_json(self, path: str | Path) -> Path:
-        """Write ``discovery.json`` atomically; returns the path."""
-        return atomic_write_json(path, self.to_dict())
+    def to_json(self, path: str | Path, *, timings: bool = False) -> Path:
+        """Write ``discovery.json`` atomically; returns the path.
+
+        Args:
+            path: The file.
+            timings: Keep the wall-clock ``timings`` (left out by default, so the same run gives a
+                byte-identical file).
+        """
+        d = self.to_dict()
+        if not timings:
+            d["timings"] = {}
+        return atomic_write_json(path, d)
 
     @classmethod
     def from_json(cls, path: str | Path) -> DiscoveryResult:

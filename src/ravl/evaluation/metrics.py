@@ -8,6 +8,7 @@ image's label) are scored with the same zero-shot classifier.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import warnings
 from collections.abc import Sequence
@@ -16,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ravl.data.attributes import infer_spurious_feature
+from ravl.data.attributes import EMPTY_ATTRIBUTE, infer_spurious_feature
+from ravl.data.dataset import check_dataset
 from ravl.exceptions import DatasetError, InvalidParameterError, RavlWarning
 from ravl.mitigation.labelling import label_regions
+from ravl.models.base import check_model
 from ravl.models.regions import DEFAULT_REGION_MODE
 from ravl.utils.validation import check_float
 from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
@@ -201,7 +204,8 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
         An :class:`EvaluationResult`; ``meta["groups_from"]`` says where the groups came from
         (``"region_attributes"``, ``"given"`` or ``None`` without groups).
     """
-    ds = dataset.labelled_split(split, classes=classes or None, purpose="evaluation")
+    check_model(model, "evaluate")
+    ds = check_dataset(dataset, "evaluate").labelled_split(split, classes=classes or None, purpose="evaluation")
     classes = tuple(ds.classes)
     labels = ds.label_indices
     templates = tuple(templates or DEFAULT_TEMPLATES)
@@ -218,9 +222,19 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
         spurious_feature = spurious_feature or "discovered feature"
         groups_from = "given"
     elif has_attr:
+        attrs = sorted({a for r in ds.records for a in r.region_attributes})
         if spurious_feature is None:
-            spurious_feature = infer_spurious_feature(
-                [a for r in ds.records for a in r.region_attributes], classes)
+            spurious_feature = infer_spurious_feature(attrs, classes)
+            candidates = sorted(set(attrs) - set(classes) - {EMPTY_ATTRIBUTE})
+            if spurious_feature is None and len(candidates) > 1:
+                warnings.warn(f"No group metrics: several region attributes could be the spurious feature "
+                              f"({', '.join(map(repr, candidates))}); name the one to group by with "
+                              "spurious_feature= (--spurious-feature).", RavlWarning, stacklevel=2)
+        elif spurious_feature not in {a for r in dataset.records if r.region_attributes for a in r.region_attributes}:
+            close = difflib.get_close_matches(spurious_feature, attrs, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise InvalidParameterError(f"The spurious feature {spurious_feature!r} is not a region attribute of "
+                                        f"{dataset.root}.{hint} The attributes are: {', '.join(attrs)}.")
         if spurious_feature is not None:
             present = np.array([spurious_feature in r.region_attributes for r in ds.records])
             groups_from = "region_attributes"
@@ -230,6 +244,12 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
     elif spurious_feature is not None:
         raise DatasetError(f"--spurious-feature {spurious_feature!r} needs 'region_attributes' on every row of "
                            f"{dataset.root}/metadata.jsonl; add them or drop the option.")
+    elif any(r.region_attributes is not None for r in ds.records):
+        n = sum(r.region_attributes is not None for r in ds.records)
+        warnings.warn(f"No group metrics: only {n} of the {len(ds)} images of the split have region_attributes; "
+                      "group metrics need them on every row. Add them to the others, or form the groups from a "
+                      "discovered feature (feature_present=, `ravl evaluate --groups-from discovery.json`).",
+                      RavlWarning, stacklevel=2)
 
     img = zero_shot_classify(model, ds, classes, templates=templates, batch_size=batch_size, progress=progress)
     image_report = accuracy_report(img, labels, classes, present)

@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 
 from ravl.data.attributes import infer_spurious_feature
-from ravl.data.dataset import RegionDataset, load_dataset
+from ravl.data.dataset import RegionDataset, check_dataset, load_dataset
 from ravl.data.region_sources import DEFAULT_IOU_THRESHOLD, with_region_source
 from ravl.discovery.result import DiscoveryResult
 from ravl.exceptions import DatasetError, InvalidParameterError
 from ravl.mitigation.groups import class_feature_groups
+from ravl.models.base import check_model
 from ravl.models.regions import DEFAULT_REGION_MODE, REGION_MODES, embed_regions
 from ravl.utils.validation import check_choice, check_float, check_int
 
@@ -581,11 +582,17 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
         check_float(assignment_quantile, "assignment_quantile", "label_regions", low=0, high=1)
     mode = region_mode or discovery.meta.get("region_mode") or DEFAULT_REGION_MODE
     check_choice(mode, "region_mode", "label_regions", REGION_MODES)
-    ds = dataset.labelled_split(split, purpose="region labelling (groups are class x discovered feature)")
+    check_model(model, "label_regions")
+    ds = check_dataset(dataset, "label_regions").labelled_split(
+        split, purpose="region labelling (groups are class x discovered feature)")
     labels = ds.label_indices
-    if tuple(discovery.classes) and tuple(discovery.classes) != tuple(ds.classes):
-        logger.warning("Discovery classes %s differ from the fine-tuning classes %s; groups use the latter.",
-                       list(discovery.classes), list(ds.classes))
+    if tuple(discovery.classes) and set(discovery.classes) != set(ds.classes):
+        only_d = sorted(set(discovery.classes) - set(ds.classes))
+        only_t = sorted(set(ds.classes) - set(discovery.classes))
+        raise DatasetError(
+            f"The discovery's classes do not fit the data: {only_d or 'none'} only in discovery.json, {only_t or 'none'} "
+            f"only in {ds.root}. Discovery must have judged the same classes the data is labelled with; rerun "
+            "`ravl discover` on data with these classes (or pass --classes so both use the same list).")
 
     if medoid_embeddings is None:
         medoids = compute_medoid_embeddings(model, discovery, eval_dataset=eval_dataset, region_mode=mode,

@@ -39,6 +39,7 @@ __all__ = [
     "ModelInfo",
     "MODELS",
     "set_load_record",
+    "check_model",
 ]
 
 
@@ -216,6 +217,24 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device | Non
     """
     name = read_checkpoint_config(path)["model"]
     return load_model(name, checkpoint=checkpoint_dir(path), device=device, **kwargs)
+
+
+def check_model(model: Any, caller: str, param: str = "model") -> Any:
+    """``model`` when it implements :class:`VisionLanguageModel`, else a clear error.
+
+    Raises:
+        InvalidParameterError: (a ``TypeError``) naming the parameter, what was given and how to get
+            a model.
+    """
+    needed = ("preprocess", "tokenize", "encode_image", "encode_text", "logit_scale")
+    missing = [m for m in needed if not callable(getattr(model, m, None))]
+    if missing or not isinstance(getattr(model, "module", None), torch.nn.Module):
+        shown = f"{type(model).__name__} {model!r}"[:80]
+        raise InvalidParameterError(
+            f"The '{param}' parameter of {caller} must be a vision-language model (a VisionLanguageModel, e.g. "
+            f"ravl.load_model('tiny') or ravl.load_model(None, checkpoint=FOLDER)). Got {shown}"
+            + (f", which has no {', '.join(missing)}." if missing and model is not None else "."))
+    return model
 
 
 def set_load_record(model, record: dict[str, Any] | None) -> None:

@@ -106,7 +106,9 @@ def save_checkpoint(model, out_dir: str | os.PathLike, *, extra: dict[str, Any] 
     tmp_w = out / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
     tmp_c = out / f".{CONFIG_FILE}.{os.getpid()}.tmp"
     try:
-        save_file(state, str(tmp_w), metadata={"format": FORMAT, "model": str(model.name)})
+        # One metadata key: safetensors stores the metadata in a hash map whose order varies from one
+        # process to the next, so two keys would make the same weights give different files.
+        save_file(state, str(tmp_w), metadata={"format": f"{FORMAT}; model {model.name}"})
         with open(tmp_w, "rb+") as fh:
             os.fsync(fh.fileno())
         config["weights"] = {"file": WEIGHTS_FILE, "bytes": tmp_w.stat().st_size, "sha256": _sha256(tmp_w)}

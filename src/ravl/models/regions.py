@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ravl.data.dataset import to_rgb
 from ravl.exceptions import InvalidParameterError
 from ravl.utils.progress import progress as _progress
 from ravl.utils.validation import check_choice, check_int
@@ -110,7 +111,7 @@ class _Images:
 
     def load(self, i: int) -> Image.Image:
         im = self._load(int(i))
-        return im if im.mode == "RGB" else im.convert("RGB")
+        return im if im.mode == "RGB" else to_rgb(im)
 
 
 def box_pixel_bounds(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ravl.data.dataset import to_rgb
 from ravl.exceptions import CheckpointError, InvalidParameterError
 from ravl.models.base import register_model
 from ravl.models.checkpoint import load_state_dict_checked, read_checkpoint
@@ -348,7 +349,7 @@ class TinyCLIPAdapter:
             if not isinstance(im, Image.Image):
                 raise InvalidParameterError(f"preprocess takes PIL images; item {k} is a {type(im).__name__}.")
             if im.mode != "RGB":
-                im = im.convert("RGB")
+                im = to_rgb(im)
             if im.size != (w, h):
                 im = im.resize((w, h), Image.BILINEAR)
             arrays.append(np.asarray(im, dtype=np.uint8))

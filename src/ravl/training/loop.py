@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ravl.data.dataset import SPLITS, check_dataset
 from ravl.data.templates import templates_from_dataset
-from ravl.exceptions import CheckpointError, DatasetError
-from ravl.models.base import set_load_record
+from ravl.exceptions import CheckpointError, DatasetError, InvalidParameterError
+from ravl.models.base import check_model, set_load_record
 from ravl.models.checkpoint import save_checkpoint
 from ravl.training.losses import clip_loss
 from ravl.utils.io import atomic_write, atomic_write_json
@@ -82,8 +83,13 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_int(self.epochs, "epochs", "FinetuneConfig", low=1)
+        for name in ("train_split", "val_split"):
+            value = getattr(self, name)
+            if not (value is None and name == "val_split") and value not in SPLITS:
+                raise InvalidParameterError(f"The '{name}' parameter of FinetuneConfig must be one of {SPLITS}"
+                                            f"{' or None' if name == 'val_split' else ''}. Got {value!r} instead.")
         check_int(self.batch_size, "batch_size", "FinetuneConfig", low=2)
-        check_float(self.lr, "lr", "FinetuneConfig", low=0, closed="neither")
+        check_float(self.lr, "lr", "FinetuneConfig", low=0, high=1, closed="right")  # AdamW diverges far below 1
         check_float(self.weight_decay, "weight_decay", "FinetuneConfig", low=0)
         check_float(self.warmup_fraction, "warmup_fraction", "FinetuneConfig", low=0, high=1)
         check_int(self.seed, "seed", "FinetuneConfig", low=0)
@@ -276,7 +282,12 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         DatasetError: When the training split is empty or lacks captions.
         CheckpointError: When ``out_dir`` holds the state of a run with another configuration.
     """
+    check_model(model, "finetune")
+    check_dataset(dataset, "finetune")
     config = config or FinetuneConfig()
+    if not isinstance(config, FinetuneConfig):
+        raise InvalidParameterError(f"The 'config' parameter of finetune must be a FinetuneConfig. Got "
+                                    f"{type(config).__name__}.")
     objective = objective or ContrastiveObjective()
     out = Path(out_dir)
     if init is None:
