@@ -124,8 +124,10 @@ def test_other_config_in_out_dir_is_refused(train_ds, tmp_path):
 
 
 def test_missing_captions_and_empty_split_are_explained(train_ds, tmp_path):
-    with pytest.raises(DatasetError, match="'nosuch' split"):
-        finetune(_model(), train_ds, tmp_path, FinetuneConfig(train_split="nosuch"), progress=False)
+    with pytest.raises(ValueError, match="'train_split' parameter of FinetuneConfig must be one of"):
+        FinetuneConfig(train_split="nosuch")  # a misspelt split is refused before any work
+    with pytest.raises(DatasetError, match="'test' split .* has 0 image"):
+        finetune(_model(), train_ds.subset("train"), tmp_path, FinetuneConfig(train_split="test"), progress=False)
 
 
 def test_config_validation():

@@ -53,6 +53,8 @@ def run(args) -> int:
         for p in exc.problems:
             print(f"  - {p}")
         print(f"Fix them and run `ravl validate {args.data}` again (format: docs/dataset-format.md).")
+        print(f"error: {len(exc.problems)} problem(s) in dataset {exc.path or args.data} (listed above)",
+              file=sys.stderr)
         return 1
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
