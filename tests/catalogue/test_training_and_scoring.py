@@ -159,3 +159,24 @@ def test_group_metrics_that_cannot_be_formed_say_why(cat_env, tmp_path):
 
 def test_evaluate_groups_from_a_missing_discovery(cat_env, tmp_path):
     expect(_ev(cat_env, "--groups-from", tmp_path / "nope.json"), 1, r"nope.json does not exist")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_finetune_resumes_to_the_same_weights(cat_env, tmp_path, sig):
+    """Ctrl-C (exit 130, a message saying how to resume) or SIGKILL after the first epoch: the rerun
+    continues and ends with the weights of an uninterrupted run."""
+    args = ("--data", cat_env["train"], "--epochs", "3", "--batch-size", "64", "--quiet")
+    expect(run("finetune", *args, "--out", tmp_path / "ref"), 0)
+    out = tmp_path / "run"
+    proc = spawn("finetune", *args, "--out", out)
+    deadline = time.monotonic() + 300
+    while not (out / "history.json").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait()
+    if sig == signal.SIGINT and proc.returncode != 0:  # stopped mid-run (not already finished)
+        assert proc.returncode == 130
+        assert "interrupted: finished results are saved; rerun the same command to resume" in proc.stderr.read()
+    res = run("finetune", *args, "--out", out)
+    expect(res, 0, r"resumed from epoch")
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
