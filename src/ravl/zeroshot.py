@@ -255,7 +255,8 @@ def zero_shot_classify(model, inputs: Any, classes: Sequence[str], *,
     if isinstance(inputs, (np.ndarray, torch.Tensor)):
         emb = torch.as_tensor(np.asarray(inputs) if isinstance(inputs, np.ndarray) else inputs).float()
         if emb.ndim != 2:
-            raise InvalidParameterError(f"Precomputed embeddings must be a 2-d array [N, D]. Got shape {tuple(emb.shape)}.")
+            raise InvalidParameterError("Precomputed embeddings must be a 2-d array [N, D]. Got shape "
+                                        f"{tuple(emb.shape)}.")
     elif level == "region":
         mode = region_mode or DEFAULT_REGION_MODE
         emb = torch.from_numpy(embed_regions(model, inputs, mode=mode, batch_size=batch_size,

@@ -171,7 +171,8 @@ def print_verify(v: dict) -> None:
         for g in redo["features"][:3]:
             match = (f"overlaps original #{g['matches_original']} (Jaccard {g['jaccard']:.2f})"
                      if g["matches_original"] is not None else "a new cluster")
-            print(f"discovery on the mitigated model: #{g['rank']} tied to {g['class']!r}, gap {fmt(g['gap'])}, {match}")
+            print(f"discovery on the mitigated model: #{g['rank']} tied to {g['class']!r}, gap {fmt(g['gap'])}, "
+                  f"{match}")
 
 
 def run(args) -> int:

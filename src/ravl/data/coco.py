@@ -538,8 +538,8 @@ def _clip_box(bbox: tuple[float, float, float, float], width: int, height: int) 
 
 def _check_out_dir(out_dir: Path) -> None:
     if (out_dir / METADATA_FILE).exists() and not (out_dir / _MARKER).exists():
-        raise DatasetError(f"{out_dir} already holds a {METADATA_FILE} not written by {_CALLER}; choose an empty or new "
-                           "folder for the converted dataset.")
+        raise DatasetError(f"{out_dir} already holds a {METADATA_FILE} not written by {_CALLER}; choose an empty or "
+                           "new folder for the converted dataset.")
 
 
 @locks_output("out_dir", "convert_coco")
@@ -583,12 +583,14 @@ def convert_coco(instances_json: str | os.PathLike, images_dir: str | os.PathLik
     if split is not None:
         check_choice(split, "split", _CALLER, SPLITS)
     if isinstance(label_categories, str) or not isinstance(label_categories, Sequence) or not label_categories:
-        raise InvalidParameterError(f"The 'label_categories' parameter of {_CALLER} must be a non-empty list of COCO category "
+        raise InvalidParameterError(f"The 'label_categories' parameter of {_CALLER} must be a non-empty list of COCO "
+                                    "category "
                          f"names. Got {label_categories!r} instead.")
     labels = tuple(label_categories)
     dup = [c for c, n in Counter(labels).items() if n > 1]
     if dup:
-        raise InvalidParameterError(f"The 'label_categories' parameter of {_CALLER} must not repeat a name. Got {dup[0]!r} twice.")
+        raise InvalidParameterError(f"The 'label_categories' parameter of {_CALLER} must not repeat a name. Got "
+                                    f"{dup[0]!r} twice.")
     rng = check_random_state(random_state)
     images_dir = Path(images_dir).expanduser()
     out_dir = Path(out_dir).expanduser()

@@ -314,7 +314,8 @@ def _check_pair(ds: RegionDataset, spurious_class: Any, feature_category: Any) -
                          f"{_list_names(classes)}. Got {spurious_class!r} instead.{hint}")
     values = [v for v in _attribute_values(ds) if v not in classes and v != EMPTY_ATTRIBUTE]
     if isinstance(feature_category, str) and feature_category in classes:
-        raise InvalidParameterError(f"The 'feature_category' parameter of {_CALLER} must be a category that is not a class: "
+        raise InvalidParameterError(f"The 'feature_category' parameter of {_CALLER} must be a category that is not a "
+                                    "class: "
                          f"{feature_category!r} is a class, so no image of another class shows it (convert_coco keeps "
                          "images with exactly one class category). Choose one of the other categories, e.g. "
                          f"{_list_names(values, 10)}.")
@@ -553,7 +554,8 @@ def make_coco_setting(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         _, table, achieved = best
     n_total = int(table.sum())
     if table.sum(axis=1).min() < _FEW_PER_CLASS:
-        warnings.warn(f"The fine-tuning set has only {n_total} images ({table.sum(axis=1).min()} in its smallest class): "
+        warnings.warn(f"The fine-tuning set has only {n_total} images ({table.sum(axis=1).min()} in its smallest "
+                      "class): "
                       f"the pool has few images to tie {feature!r} to {spurious_class!r} at V = {cramers_v}. Use a "
                       "larger pool or another pair (list_coco_pairs).", RavlWarning, stacklevel=2)
 

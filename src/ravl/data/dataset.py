@@ -192,7 +192,8 @@ class RegionDataset:
         recs = []
         for i, r in enumerate(records):
             if not isinstance(r, ImageRecord):
-                raise InvalidParameterError(f"RegionDataset records must be ImageRecord instances. Got {type(r).__name__}.")
+                raise InvalidParameterError("RegionDataset records must be ImageRecord instances. Got "
+                                            f"{type(r).__name__}.")
             recs.append(r if r.index == i else dataclasses.replace(r, index=i))
         known = set(classes)
         unknown = sorted({r.label for r in recs if r.label is not None and r.label not in known})
@@ -271,8 +272,9 @@ class RegionDataset:
             idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices)
             if idx.dtype == bool:
                 if idx.shape != (len(self),):
-                    raise InvalidParameterError(f"The 'indices' parameter of RegionDataset.subset must be a boolean mask of "
-                                                f"length {len(self)} or integer positions. Got a mask of shape {idx.shape}.")
+                    raise InvalidParameterError("The 'indices' parameter of RegionDataset.subset must be a boolean "
+                                                f"mask of length {len(self)} or integer positions. Got a mask of shape "
+                                                f"{idx.shape}.")
                 idx = np.flatnonzero(idx)
             if idx.size and not np.issubdtype(idx.dtype, np.integer):
                 raise InvalidParameterError("The 'indices' parameter of RegionDataset.subset must hold integer positions. "
@@ -512,13 +514,16 @@ def _check_classes(classes: Any, caller: str) -> tuple[str, ...]:
     classes = tuple(classes)
     for c in classes:
         if not isinstance(c, str) or not c.strip():
-            raise InvalidParameterError(f"The 'classes' parameter of {caller} must hold non-empty strings. Got {c!r} instead.")
+            raise InvalidParameterError(f"The 'classes' parameter of {caller} must hold non-empty strings. Got {c!r} "
+                                        "instead.")
     dup = [c for c, n in Counter(classes).items() if n > 1]
     if dup:
-        raise InvalidParameterError(f"The 'classes' parameter of {caller} must not repeat a name. Got {dup[0]!r} twice.")
+        raise InvalidParameterError(f"The 'classes' parameter of {caller} must not repeat a name. Got {dup[0]!r} "
+                                    "twice.")
     same = _confusable(classes)
     if same:
-        raise InvalidParameterError(f"The 'classes' parameter of {caller} holds names that differ only in case or white "
+        raise InvalidParameterError(f"The 'classes' parameter of {caller} holds names that differ only in case or "
+                                    "white "
                                     f"space ({', '.join(repr(c) for c in same[0])}); the tokenizer cannot tell them "
                                     "apart. Use one spelling for each class.")
     return classes
@@ -530,8 +535,8 @@ def _check_split_arg(split: Any, caller: str) -> tuple[str, ...]:
                                     f"Got {split!r} instead.")
     splits = (split,) if isinstance(split, str) else tuple(split)
     if not splits:
-        raise InvalidParameterError(f"The 'split' parameter of {caller} must be a split name or a non-empty list of them. "
-                                    f"Got {split!r} instead.")
+        raise InvalidParameterError(f"The 'split' parameter of {caller} must be a split name or a non-empty list of "
+                                    f"them. Got {split!r} instead.")
     for s in splits:
         check_choice(s, "split", caller, SPLITS)
     return splits
@@ -682,7 +687,8 @@ def load_dataset(path: str | os.PathLike, *, split: str | Sequence[str] | None =
     for f in require:
         check_choice(f, "require_fields", caller, OPTIONAL_FIELDS)
     if not isinstance(check_images, bool):
-        raise InvalidParameterError(f"The 'check_images' parameter of {caller} must be a bool. Got {check_images!r} instead.")
+        raise InvalidParameterError(f"The 'check_images' parameter of {caller} must be a bool. Got {check_images!r} "
+                                    "instead.")
 
     given = Path(path).expanduser()
     if given.suffix == ".jsonl" and not given.is_dir():

@@ -96,8 +96,8 @@ FEATURES: Registry[SpuriousFeature] = Registry(
 def _render_cached(name: str, painter: FeaturePainter, size: int) -> np.ndarray:
     tile = np.asarray(painter(size))
     if tile.shape != (size, size, 3):
-        raise InvalidParameterError(f"The painter of feature {name!r} must return a [{size}, {size}, 3] array for size={size}. "
-                                    f"Got shape {tuple(tile.shape)} instead.")
+        raise InvalidParameterError(f"The painter of feature {name!r} must return a [{size}, {size}, 3] array for "
+                                    f"size={size}. Got shape {tuple(tile.shape)} instead.")
     if tile.dtype != np.uint8:
         if not np.issubdtype(tile.dtype, np.number) or tile.min() < 0 or tile.max() > 255:
             raise InvalidParameterError(f"The painter of feature {name!r} must return uint8 values in [0, 255]. "
@@ -140,12 +140,13 @@ def register_feature(name: str, painter: FeaturePainter | None = None, *, kind: 
         raise InvalidParameterError("The 'name' parameter of register_feature must be a lower-case string of letters, digits, "
                                     f"'_' and '-' starting with a letter or digit. Got {name!r} instead.")
     if name in _RESERVED:
-        raise InvalidParameterError(f"The 'name' parameter of register_feature may not be {name!r}: the synthetic images use "
-                                    "'empty' and the digit words as region attributes. Choose another name.")
+        raise InvalidParameterError(f"The 'name' parameter of register_feature may not be {name!r}: the synthetic "
+                                    "images use 'empty' and the digit words as region attributes. Choose another name.")
 
     def _register(fn: FeaturePainter) -> FeaturePainter:
         if not callable(fn):
-            raise InvalidParameterError(f"The 'painter' parameter of register_feature must be callable. Got {fn!r} instead.")
+            raise InvalidParameterError(f"The 'painter' parameter of register_feature must be callable. Got {fn!r} "
+                                        "instead.")
         FEATURES.register(name, SpuriousFeature(name=name, painter=fn, kind=kind, description=description),
                           description=description, override=override)
         _render_cached.cache_clear()

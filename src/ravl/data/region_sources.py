@@ -241,7 +241,8 @@ class RegionSource:
             if pixels is None:
                 raise InvalidParameterError(f"Region source {self.spec!r} needs the image pixels.")
             return [tuple(map(float, b)) for b in _superpixel_boxes(pixels, self)]
-        raise InvalidParameterError(f"Region source {self.kind!r} depends on the dataset; use region_boxes(dataset, ...).")
+        raise InvalidParameterError(f"Region source {self.kind!r} depends on the dataset; use region_boxes(dataset, "
+                                    "...).")
 
     def cache_token(self) -> str:
         """The string hashed into cache keys: kind, every parameter and :data:`CACHE_VERSION`."""
@@ -291,17 +292,20 @@ def parse_region_source(spec: str | RegionSource) -> RegionSource:
         raise InvalidParameterError(f"Unknown region source kind {kind!r} in {spec!r}{hint}; use one of: {_SPEC_HELP}.")
     if kind == "boxes":
         if sep:
-            raise InvalidParameterError(f"Region source 'boxes' takes no parameter; got {spec!r}. Write 'boxes' (the dataset's "
+            raise InvalidParameterError(f"Region source 'boxes' takes no parameter; got {spec!r}. Write 'boxes' (the "
+                                        "dataset's "
                              "own boxes, or its grid for rows without boxes).")
         return RegionSource("boxes")
     if kind == "file":
         if not arg:
-            raise InvalidParameterError(f"Region source 'file' needs a path: write file:PATH (a JSON Lines file with one "
+            raise InvalidParameterError("Region source 'file' needs a path: write file:PATH (a JSON Lines file with "
+                                        "one "
                              f"{{\"file_name\": ..., \"boxes\": [[x0, y0, x1, y1], ...]}} per image); got {spec!r}.")
         return RegionSource("file", path=Path(arg).expanduser().absolute())
     if kind == "grid":
         if not arg:
-            raise InvalidParameterError(f"Region source 'grid' needs a grid size: write grid:RxC, e.g. grid:3x3; got {spec!r}.")
+            raise InvalidParameterError("Region source 'grid' needs a grid size: write grid:RxC, e.g. grid:3x3; got "
+                                        f"{spec!r}.")
         return RegionSource("grid", grid=_parse_grid_arg(arg, spec, "the grid must be ROWSxCOLS with whole numbers "
                                                                    ">= 1, e.g. grid:3x3"))
     if kind == "multiscale":
@@ -319,7 +323,8 @@ def parse_region_source(spec: str | RegionSource) -> RegionSource:
                 scales.append(_parse_grid_arg(item, spec, what))
         if len(set(scales)) != len(scales):
             dup = next(s for s in scales if scales.count(s) > 1)
-            raise InvalidParameterError(f"Invalid region source {spec!r}: the scale {dup[0]}x{dup[1]} is repeated; list each grid "
+            raise InvalidParameterError(f"Invalid region source {spec!r}: the scale {dup[0]}x{dup[1]} is repeated; "
+                                        "list each grid "
                              "once.")
         return RegionSource("multiscale", scales=tuple(scales))
     # superpixels
@@ -327,11 +332,13 @@ def parse_region_source(spec: str | RegionSource) -> RegionSource:
     n_segments = None
     if kind == "slic":
         if not parts or not parts[0] or "=" in parts[0]:
-            raise InvalidParameterError(f"Region source 'slic' needs the number of segments: write slic:N, e.g. slic:16; "
+            raise InvalidParameterError("Region source 'slic' needs the number of segments: write slic:N, e.g. "
+                                        "slic:16; "
                              f"got {spec!r}.")
         first = parts.pop(0)
         if not first.isdigit() or int(first) < 1:
-            raise InvalidParameterError(f"Invalid region source {spec!r}: the number of segments must be a whole number >= 1, "
+            raise InvalidParameterError(f"Invalid region source {spec!r}: the number of segments must be a whole "
+                                        "number >= 1, "
                              f"e.g. slic:16; got {first!r}.")
         n_segments = int(first)
     known = _PARAMS[kind]
@@ -341,12 +348,14 @@ def parse_region_source(spec: str | RegionSource) -> RegionSource:
         key, value = key.strip().lower(), value.strip()
         if not eq or not key:
             form = "slic:N,key=value" if kind == "slic" else "felzenszwalb:key=value"
-            raise InvalidParameterError(f"Invalid region source {spec!r}: {p!r} is not key=value; write {form}, with keys "
+            raise InvalidParameterError(f"Invalid region source {spec!r}: {p!r} is not key=value; write {form}, with "
+                                        "keys "
                              f"{', '.join(known)}.")
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise InvalidParameterError(f"Invalid region source {spec!r}: unknown parameter {key!r}{hint}; {kind} takes "
+            raise InvalidParameterError(f"Invalid region source {spec!r}: unknown parameter {key!r}{hint}; {kind} "
+                                        "takes "
                              f"{', '.join(known)}.")
         if key in given:
             raise InvalidParameterError(f"Invalid region source {spec!r}: parameter {key!r} is given twice.")
@@ -361,7 +370,8 @@ def parse_region_source(spec: str | RegionSource) -> RegionSource:
         else:
             params[key] = default
     if params["min_area"] >= 1.0:
-        raise InvalidParameterError(f"Invalid region source {spec!r}: min_area is a fraction of the image area and must be "
+        raise InvalidParameterError(f"Invalid region source {spec!r}: min_area is a fraction of the image area and "
+                                    "must be "
                          f"below 1; got {_fmt(params['min_area'])}.")
     return RegionSource(kind, n_segments=n_segments, params=tuple(sorted(params.items())))
 
@@ -381,7 +391,8 @@ def _parse_number(value: str, typ: type, low: float, key: str, spec: str) -> flo
         ok = False
     if not ok:
         kind = "a whole number" if typ is int else "a number"
-        raise InvalidParameterError(f"Invalid region source {spec!r}: {key} must be {kind} >= {_fmt(low)}; got {value!r}.")
+        raise InvalidParameterError(f"Invalid region source {spec!r}: {key} must be {kind} >= {_fmt(low)}; got "
+                                    f"{value!r}.")
     return v
 
 
@@ -563,7 +574,8 @@ def region_boxes(dataset: RegionDataset, source: str | RegionSource, *, cache_di
     if workers is not None:
         workers = check_int(workers, "workers", caller, low=1)
     if not isinstance(dataset, RegionDataset):
-        raise InvalidParameterError(f"{caller} takes a RegionDataset (from load_dataset). Got {type(dataset).__name__}.")
+        raise InvalidParameterError(f"{caller} takes a RegionDataset (from load_dataset). Got "
+                                    f"{type(dataset).__name__}.")
     records = dataset.records
     if src.kind == "boxes":
         return [tuple(r.boxes) for r in records]
@@ -946,7 +958,8 @@ def with_region_source(dataset: RegionDataset, source: str | RegionSource, *,
     iou_threshold = check_float(iou_threshold, "iou_threshold", "with_region_source", low=0.0, high=1.0,
                                 closed="right")
     if isinstance(dataset, SourcedRegionDataset) and dataset.region_source != "boxes":
-        raise InvalidParameterError(f"with_region_source takes the dataset from load_dataset, not a view whose regions already "
+        raise InvalidParameterError("with_region_source takes the dataset from load_dataset, not a view whose regions "
+                                    "already "
                          f"come from {dataset.region_source!r}: its region_attributes would be inherited from those "
                          "regions instead of the annotated ones.")
     boxes = region_boxes(dataset, src, cache_dir=cache_dir, cache=cache, cache_key=cache_key, workers=workers,

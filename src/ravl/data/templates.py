@@ -123,11 +123,13 @@ def templates_from_captions(captions: Sequence[str], labels: Sequence[str], *, m
     max_templates = check_int(max_templates, "max_templates", caller, low=1)
     captions, labels = list(captions), list(labels)
     if len(captions) != len(labels):
-        raise InvalidParameterError(f"{caller} needs one label per caption: {len(captions)} captions, {len(labels)} labels.")
+        raise InvalidParameterError(f"{caller} needs one label per caption: {len(captions)} captions, {len(labels)} "
+                                    "labels.")
     for name, values in (("captions", captions), ("labels", labels)):
         bad = [v for v in values if not isinstance(v, str)]
         if bad:
-            raise InvalidParameterError(f"The '{name}' parameter of {caller} must hold strings. Got {bad[0]!r} instead.")
+            raise InvalidParameterError(f"The '{name}' parameter of {caller} must hold strings. Got {bad[0]!r} "
+                                        "instead.")
     patterns: dict[str, re.Pattern[str]] = {}
     phrasings: Counter[str] = Counter()
     n_without = n_repeated = n_braces = 0

@@ -112,14 +112,14 @@ class _Arrays:
         self.boxes = None if boxes is None else np.asarray(boxes, dtype=np.float64)
         r, n, c = self.reg_emb.shape[0], self.y.size, len(self.classes)
         if self.reg_img.shape != (r,) or (r and (self.reg_img.min() < 0 or self.reg_img.max() >= n)):
-            raise InvalidParameterError(f"The 'region_image_index' input of {caller} must be [R] = [{r}] image positions in "
-                                        f"[0, {n}).")
+            raise InvalidParameterError(f"The 'region_image_index' input of {caller} must be [R] = [{r}] image "
+                                        f"positions in [0, {n}).")
         if self.img_emb.shape[0] != n or self.img_prob.shape != (n, c) or self.yhat.shape != (n,):
             raise InvalidParameterError(f"The image arrays given to {caller} must have N = {n} rows (image_embeddings, "
                                         f"image_predictions, image_probabilities [N, C = {c}]).")
         if self.reg_prob.shape != (r, c):
-            raise InvalidParameterError(f"The 'region_probabilities' input of {caller} must have shape [R, C] = [{r}, {c}]. "
-                                        f"Got {self.reg_prob.shape} instead.")
+            raise InvalidParameterError(f"The 'region_probabilities' input of {caller} must have shape [R, C] = [{r}, "
+                                        f"{c}]. Got {self.reg_prob.shape} instead.")
         if self.names is not None and len(self.names) != r:
             self.names = None
         if self.boxes is not None and self.boxes.shape != (r, 4):
@@ -318,7 +318,8 @@ def distilling_failures(inputs: Any, *, adaptation: str = "image", c_grid: Seque
     check_int(cv_folds, "cv_folds", caller, low=2)
     grid = np.logspace(-6, 0, 7) if c_grid is None else np.asarray(list(c_grid), dtype=np.float64)
     if grid.size == 0 or (grid <= 0).any():
-        raise InvalidParameterError(f"The 'c_grid' parameter of {caller} must hold positive floats. Got {c_grid!r} instead.")
+        raise InvalidParameterError(f"The 'c_grid' parameter of {caller} must hold positive floats. Got {c_grid!r} "
+                                    "instead.")
     t0 = time.perf_counter()
     a = _Arrays(inputs, adaptation, caller)
     mu, sd = a.emb.mean(0), a.emb.std(0)

@@ -184,12 +184,13 @@ def normalize_embeddings(embeddings: np.ndarray, *, caller: str = "discover",
         finite = np.isfinite(blk).all(axis=1)
         if not finite.all():
             bad = a + int(np.flatnonzero(~finite)[0])
-            raise InvalidParameterError(f"The '{name}' parameter of {caller} must be finite; row {bad} holds NaN or inf.")
+            raise InvalidParameterError(f"The '{name}' parameter of {caller} must be finite; row {bad} holds NaN or "
+                                        "inf.")
         norms = np.sqrt(np.einsum("ij,ij->i", blk, blk))
         if (norms == 0).any():
             bad = a + int(np.flatnonzero(norms == 0)[0])
-            raise InvalidParameterError(f"The '{name}' parameter of {caller} must have no all-zero row (cosine distance "
-                                        f"is undefined); row {bad} is all zeros.")
+            raise InvalidParameterError(f"The '{name}' parameter of {caller} must have no all-zero row (cosine "
+                                        f"distance is undefined); row {bad} is all zeros.")
         out[a:a + step] = blk / norms[:, None]
     return out
 

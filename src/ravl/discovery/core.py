@@ -212,7 +212,8 @@ def _int_array(x: Any, name: str, length: int | None, low: int, high: int, hint:
     a = a.astype(np.int64)
     bad = np.flatnonzero((a < low) | (a >= high))
     if bad.size:
-        raise InvalidParameterError(f"The '{name}' parameter of {_CALLER} must hold values in [{low}, {high}) ({hint}); "
+        raise InvalidParameterError(f"The '{name}' parameter of {_CALLER} must hold values in [{low}, {high}) "
+                                    f"({hint}); "
                          f"{bad.size} do not, e.g. position {int(bad[0])} holds {int(a[bad[0]])}.")
     return a
 
@@ -232,7 +233,8 @@ def _check_inputs(region_embeddings, region_image_index, image_labels, image_pre
     r = e.shape[0]
     q = np.asarray(region_probabilities, dtype=np.float64)
     if q.shape != (r, c):
-        raise InvalidParameterError(f"The 'region_probabilities' parameter of {_CALLER} must have shape [R, C] = [{r}, {c}] "
+        raise InvalidParameterError(f"The 'region_probabilities' parameter of {_CALLER} must have shape [R, C] = [{r}, "
+                                    f"{c}] "
                                     f"(one row per region embedding, one column per class). Got {q.shape} instead.")
     if not np.isfinite(q).all():
         raise InvalidParameterError(f"The 'region_probabilities' parameter of {_CALLER} must be finite.")
@@ -248,8 +250,8 @@ def _check_inputs(region_embeddings, region_image_index, image_labels, image_pre
     if image_probabilities is not None:
         p = np.asarray(image_probabilities, dtype=np.float64)
         if p.shape != (n, c):
-            raise InvalidParameterError(f"The 'image_probabilities' parameter of {_CALLER} must have shape [N, C] = [{n}, {c}]. "
-                                        f"Got {p.shape} instead.")
+            raise InvalidParameterError(f"The 'image_probabilities' parameter of {_CALLER} must have shape [N, C] = "
+                                        f"[{n}, {c}]. Got {p.shape} instead.")
         differ = int((p.argmax(axis=1) != yhat).sum())
         if differ:
             warnings.warn(f"image_predictions differ from argmax(image_probabilities) for {differ} of {n} images; "
@@ -258,8 +260,8 @@ def _check_inputs(region_embeddings, region_image_index, image_labels, image_pre
     if region_file_names is not None:
         names = [str(s) for s in region_file_names]
         if len(names) != r:
-            raise InvalidParameterError(f"The 'region_file_names' parameter of {_CALLER} must hold one file name per region "
-                                        f"({r}). Got {len(names)} instead.")
+            raise InvalidParameterError(f"The 'region_file_names' parameter of {_CALLER} must hold one file name per "
+                                        f"region ({r}). Got {len(names)} instead.")
     boxes = None
     if region_boxes is not None:
         boxes = np.asarray(region_boxes, dtype=np.float64)

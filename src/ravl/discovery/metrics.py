@@ -45,8 +45,8 @@ def precision_at_k(ranked: Sequence[int] | Sequence[str], truth: str | Iterable[
     k = check_int(k, "k", caller, low=1)
     positives = {truth} if isinstance(truth, str) else set(truth)
     if not positives or not all(isinstance(t, str) for t in positives):
-        raise InvalidParameterError(f"The 'truth' parameter of {caller} must be an attribute name or a non-empty collection "
-                                    f"of names. Got {truth!r} instead.")
+        raise InvalidParameterError(f"The 'truth' parameter of {caller} must be an attribute name or a non-empty "
+                                    f"collection of names. Got {truth!r} instead.")
     top = list(ranked)[:k]
     if region_attributes is not None:
         attrs = list(region_attributes)
@@ -58,6 +58,6 @@ def precision_at_k(ranked: Sequence[int] | Sequence[str], truth: str | Iterable[
             out.append(attrs[int(i)])
         top = out
     elif any(not isinstance(a, str) for a in top):
-        raise InvalidParameterError(f"The 'ranked' parameter of {caller} holds region indices; pass region_attributes to "
-                                    "look up their ground truth, or pass the attributes themselves.")
+        raise InvalidParameterError(f"The 'ranked' parameter of {caller} holds region indices; pass region_attributes "
+                                    "to look up their ground truth, or pass the attributes themselves.")
     return sum(a in positives for a in top) / k

@@ -82,7 +82,8 @@ def zero_on_graph(*tensors: torch.Tensor) -> torch.Tensor:
 def string_tuple(value: Any, name: str, caller: str, *, allow_empty: bool = False,
                   placeholder: bool = False) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Sequence):
-        raise InvalidParameterError(f"The '{name}' parameter of {caller} must be a list of strings. Got {value!r} instead.")
+        raise InvalidParameterError(f"The '{name}' parameter of {caller} must be a list of strings. Got {value!r} "
+                                    "instead.")
     out = tuple(value)
     if not out and not allow_empty:
         raise InvalidParameterError(f"The '{name}' parameter of {caller} must be a non-empty list of strings. "
@@ -91,8 +92,8 @@ def string_tuple(value: Any, name: str, caller: str, *, allow_empty: bool = Fals
         if not isinstance(v, str) or not v:
             raise InvalidParameterError(f"The '{name}' parameter of {caller} must hold non-empty strings. Got {v!r}.")
         if placeholder and "{}" not in v:
-            raise InvalidParameterError(f"Every entry of the '{name}' parameter of {caller} must contain '{{}}' where the "
-                                        f"name goes, e.g. 'a photo of a {{}}'. Got {v!r}.")
+            raise InvalidParameterError(f"Every entry of the '{name}' parameter of {caller} must contain '{{}}' where "
+                                        f"the name goes, e.g. 'a photo of a {{}}'. Got {v!r}.")
     return out
 
 
@@ -183,7 +184,8 @@ def as_id_array(values: Any, name: str, caller: str, *, low: int = 0, high: int 
     if arr.size and (arr.min() < low or (high is not None and arr.max() >= high)):
         hi = "inf" if high is None else high
         row = int(np.flatnonzero((arr < low) | ((arr >= high) if high is not None else False))[0])
-        raise InvalidParameterError(f"The '{name}' parameter of {caller} must hold ids in [{low}, {hi}); position {row} "
+        raise InvalidParameterError(f"The '{name}' parameter of {caller} must hold ids in [{low}, {hi}); position "
+                                    f"{row} "
                          f"has {int(arr[row])}.")
     return arr
 
@@ -259,8 +261,8 @@ class PromptObjective:
             labels = torch.from_numpy(self.labels_by_index[idx])
             if (labels < 0).any():
                 pos = idx[(labels < 0).numpy()][:5].tolist()
-                raise InvalidParameterError(f"{type(self).__name__} needs a class label on every training image; dataset "
-                                            f"positions {pos} have none. Give every training row a 'label'.")
+                raise InvalidParameterError(f"{type(self).__name__} needs a class label on every training image; "
+                                            f"dataset positions {pos} have none. Give every training row a 'label'.")
         return labels.to(device)
 
     def _cached_tokens(self, model, names: tuple[str, ...]) -> torch.Tensor:

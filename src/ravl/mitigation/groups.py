@@ -21,7 +21,8 @@ __all__ = ["class_feature_groups", "group_balanced_indices", "group_uniform_weig
 def _check_groups(groups: Any, caller: str) -> np.ndarray:
     arr = as_id_array(groups, "groups", caller)
     if arr.size == 0:
-        raise InvalidParameterError(f"The 'groups' parameter of {caller} must hold at least one group id. Got an empty array.")
+        raise InvalidParameterError(f"The 'groups' parameter of {caller} must hold at least one group id. Got an empty "
+                                    "array.")
     return arr
 
 

@@ -92,8 +92,8 @@ class RegionLabels:
             | (boxes < 0).any(axis=1) | (boxes > 1).any(axis=1)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise InvalidParameterError(f"boxes_norm must be x0<x1, y0<y1 inside [0, 1] (pixel boxes divided by the image "
-                                        f"width and height); row {row} has {boxes[row].tolist()} "
+            raise InvalidParameterError("boxes_norm must be x0<x1, y0<y1 inside [0, 1] (pixel boxes divided by the "
+                                        f"image width and height); row {row} has {boxes[row].tolist()} "
                                         f"({int(bad.sum())} bad row(s) in all).")
         for name, arr in (("image_index", idx.astype(np.int64)), ("boxes_norm", boxes.astype(np.float32)),
                           ("is_spurious", spur.astype(bool))):
@@ -334,8 +334,8 @@ def select_features(discovery, features: Any = "class", *, min_gap_ratio: float 
     for r in features:
         r = check_int(r, "features", caller, low=1)
         if r not in by_rank:
-            raise InvalidParameterError(f"The 'features' parameter of {caller} names rank {r}, but discovery kept ranks "
-                                        f"{sorted(by_rank)}.")
+            raise InvalidParameterError(f"The 'features' parameter of {caller} names rank {r}, but discovery kept "
+                                        f"ranks {sorted(by_rank)}.")
         out.append(by_rank[r])
     if not out:
         raise InvalidParameterError(f"The 'features' parameter of {caller} must name at least one feature rank.")
@@ -411,7 +411,8 @@ def compute_medoid_embeddings(model, discovery, *, eval_dataset: Any = None, reg
     check_choice(mode, "region_mode", "compute_medoid_embeddings", REGION_MODES)
     if not discovery.medoid_indices:
         method = discovery.meta.get("method", discovery.scoring)
-        raise InvalidParameterError(f"The discovery result ({method}) has no cluster medoids, so fine-tuning regions cannot be "
+        raise InvalidParameterError(f"The discovery result ({method}) has no cluster medoids, so fine-tuning regions "
+                                    "cannot be "
                                     "assigned to its features. Region labelling needs a clustering discovery: `ravl discover` "
                                     "with --method ravl or one of its ablations.")
     ds = discovery_dataset(discovery, eval_dataset, allow_data_change=allow_data_change)
@@ -590,7 +591,8 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
         only_d = sorted(set(discovery.classes) - set(ds.classes))
         only_t = sorted(set(ds.classes) - set(discovery.classes))
         raise DatasetError(
-            f"The discovery's classes do not fit the data: {only_d or 'none'} only in discovery.json, {only_t or 'none'} "
+            f"The discovery's classes do not fit the data: {only_d or 'none'} only in discovery.json, "
+            f"{only_t or 'none'} "
             f"only in {ds.root}. Discovery must have judged the same classes the data is labelled with; rerun "
             "`ravl discover` on data with these classes (or pass --classes so both use the same list).")
 
@@ -602,8 +604,8 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
         medoids = np.asarray(medoid_embeddings, dtype=np.float32)
         k = len(discovery.medoid_indices)
         if medoids.ndim != 2 or (k and medoids.shape[0] != k):
-            raise InvalidParameterError(f"The 'medoid_embeddings' parameter of label_regions must be [K={k}, D] (one row per "
-                                        f"discovery cluster). Got shape {medoids.shape}.")
+            raise InvalidParameterError(f"The 'medoid_embeddings' parameter of label_regions must be [K={k}, D] (one "
+                                        f"row per discovery cluster). Got shape {medoids.shape}.")
     spurious_clusters = tuple(sorted({int(f.cluster) for f in chosen}))
     if max(spurious_clusters) >= medoids.shape[0]:
         raise InvalidParameterError(f"Feature cluster {max(spurious_clusters)} has no medoid (K = {medoids.shape[0]}).")

@@ -91,7 +91,8 @@ def save_checkpoint(model, out_dir: str | os.PathLike, *, extra: dict[str, Any] 
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(_RESERVED))
     if clash:
-        raise InvalidParameterError(f"The 'extra' parameter of save_checkpoint may not use the reserved key(s) {clash}.")
+        raise InvalidParameterError("The 'extra' parameter of save_checkpoint may not use the reserved key(s) "
+                                    f"{clash}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.module.state_dict().items()}

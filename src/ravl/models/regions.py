@@ -354,7 +354,8 @@ def _black_value(model, like: torch.Tensor) -> torch.Tensor:
 
 def _check_roi_boxes(pixels: torch.Tensor, boxes: torch.Tensor, caller: str) -> torch.Tensor:
     if pixels.ndim != 4:
-        raise InvalidParameterError(f"{caller}: pixels must be preprocessed images [N, 3, H, W]. Got {tuple(pixels.shape)}.")
+        raise InvalidParameterError(f"{caller}: pixels must be preprocessed images [N, 3, H, W]. Got "
+                                    f"{tuple(pixels.shape)}.")
     boxes = torch.as_tensor(boxes, dtype=pixels.dtype, device=pixels.device)
     if boxes.ndim != 2 or boxes.shape[1] != 5:
         raise InvalidParameterError(f"{caller}: boxes must be [R, 5] rows (image_index, x0, y0, x1, y1) normalised to "

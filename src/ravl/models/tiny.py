@@ -235,7 +235,8 @@ class TinyCLIP(nn.Module):
     def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
         """Final conv feature map ``[N, C, h, w]`` of preprocessed images ``[N, 3, H, W]``."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise InvalidParameterError(f"Expected preprocessed images of shape [N, 3, H, W]. Got {tuple(pixels.shape)}.")
+            raise InvalidParameterError("Expected preprocessed images of shape [N, 3, H, W]. Got "
+                                        f"{tuple(pixels.shape)}.")
         # NHWC is markedly faster for these small convolutions on CPU and fine on GPU.
         return self.visual(pixels.contiguous(memory_format=torch.channels_last))
 
@@ -255,7 +256,8 @@ class TinyCLIP(nn.Module):
             boxes: ``[R, 5]`` rows ``(image_index, x0, y0, x1, y1)`` normalised to [0, 1].
         """
         if boxes.ndim != 2 or boxes.shape[1] != 5:
-            raise InvalidParameterError(f"boxes must be [R, 5] rows (image_index, x0, y0, x1, y1). Got {tuple(boxes.shape)}.")
+            raise InvalidParameterError("boxes must be [R, 5] rows (image_index, x0, y0, x1, y1). Got "
+                                        f"{tuple(boxes.shape)}.")
         fmap = self.feature_map(pixels)
         if boxes.shape[0] == 0:
             return fmap.new_zeros(0, self.config.embed_dim)

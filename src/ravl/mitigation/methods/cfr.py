@@ -66,8 +66,8 @@ def calibration_contrastive_loss(anchors: torch.Tensor, positives: torch.Tensor,
     n, d = anchors.shape
     for name, x in (("positives", positives), ("negatives", negatives)):
         if x.ndim != 3 or x.shape[0] != n or x.shape[2] != d:
-            raise InvalidParameterError(f"The '{name}' argument of {caller} must be [{n}, n, {d}] (one row per anchor). "
-                                        f"Got shape {tuple(x.shape)} instead.")
+            raise InvalidParameterError(f"The '{name}' argument of {caller} must be [{n}, n, {d}] (one row per "
+                                        f"anchor). Got shape {tuple(x.shape)} instead.")
     if positives.shape[1] == 0:
         raise InvalidParameterError(f"The 'positives' argument of {caller} needs at least one positive per anchor.")
     if n == 0:
@@ -182,18 +182,19 @@ class CFRCalibrationObjective(PromptObjective):
         n = self.labels_by_index.shape[0]
         calib = as_id_array(calibration_indices, "calibration_indices", caller, high=n)
         if len(np.unique(calib)) != len(calib):
-            raise InvalidParameterError(f"The 'calibration_indices' parameter of {caller} must hold distinct positions.")
+            raise InvalidParameterError(f"The 'calibration_indices' parameter of {caller} must hold distinct "
+                                        "positions.")
         pos = torch.as_tensor(np.asarray(positive_embeddings) if not isinstance(positive_embeddings, torch.Tensor)
                               else positive_embeddings).detach().float().cpu()
         neg = torch.as_tensor(np.asarray(negative_embeddings) if not isinstance(negative_embeddings, torch.Tensor)
                               else negative_embeddings).detach().float().cpu()
         a = len(calib)
         if pos.ndim != 3 or pos.shape[0] != a or pos.shape[1] == 0:
-            raise InvalidParameterError(f"The 'positive_embeddings' parameter of {caller} must be [{a}, P, D] with P >= 1 "
-                                        f"(one row per calibration sample). Got {tuple(pos.shape)}.")
+            raise InvalidParameterError(f"The 'positive_embeddings' parameter of {caller} must be [{a}, P, D] with P "
+                                        f">= 1 (one row per calibration sample). Got {tuple(pos.shape)}.")
         if neg.ndim != 3 or neg.shape[0] != a or neg.shape[2] != pos.shape[2]:
-            raise InvalidParameterError(f"The 'negative_embeddings' parameter of {caller} must be [{a}, Q, {pos.shape[2]}]. "
-                                        f"Got {tuple(neg.shape)}.")
+            raise InvalidParameterError(f"The 'negative_embeddings' parameter of {caller} must be [{a}, Q, "
+                                        f"{pos.shape[2]}]. Got {tuple(neg.shape)}.")
         self.calibration_indices = calib
         self._row_of = np.full(n, -1, dtype=np.int64)
         self._row_of[calib] = np.arange(a)

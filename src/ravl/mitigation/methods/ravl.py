@@ -235,7 +235,8 @@ class RegionAwareObjective(PromptObjective):
                                         f"Got {type(region_labels).__name__} instead.")
         n = self.labels_by_index.shape[0]
         if len(region_labels) and region_labels.image_index.max() >= n:
-            raise InvalidParameterError(f"region_labels.image_index refers to position {int(region_labels.image_index.max())}"
+            raise InvalidParameterError("region_labels.image_index refers to position "
+                                        f"{int(region_labels.image_index.max())}"
                                         f" but labels_by_index has {n} training images; label the regions of the same "
                                         "training split.")
         self.region_labels = region_labels

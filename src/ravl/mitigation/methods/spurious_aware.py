@@ -111,7 +111,8 @@ def spurious_aware_loss(image_embeddings: torch.Tensor, labels: torch.Tensor,
     check_2d(image_embeddings, "image_embeddings", caller)
     if class_template_embeddings.ndim != 3 or class_template_embeddings.shape[2] != image_embeddings.shape[1]:
         raise InvalidParameterError(f"The 'class_template_embeddings' argument of {caller} must be [C, K, "
-                                    f"{image_embeddings.shape[1]}]. Got shape {tuple(class_template_embeddings.shape)}.")
+                                    f"{image_embeddings.shape[1]}]. Got shape "
+                                    f"{tuple(class_template_embeddings.shape)}.")
     n_classes, n_templates, d = class_template_embeddings.shape
     labels = check_ids(labels, "labels", caller, image_embeddings.shape[0], n_classes)
     labels = labels.to(image_embeddings.device)

@@ -211,8 +211,8 @@ class GroupDROObjective(PromptObjective):
         caller = type(self).__name__
         groups = as_id_array(groups_by_index, "groups_by_index", caller)
         if groups.shape[0] != self.labels_by_index.shape[0]:
-            raise InvalidParameterError(f"The 'groups_by_index' parameter of {caller} must have one entry per training image "
-                                        f"({self.labels_by_index.shape[0]}). Got {groups.shape[0]}.")
+            raise InvalidParameterError(f"The 'groups_by_index' parameter of {caller} must have one entry per training "
+                                        f"image ({self.labels_by_index.shape[0]}). Got {groups.shape[0]}.")
         if n_groups is None:
             n_groups = int(groups.max()) + 1 if groups.size else 1
         n_groups = check_int(n_groups, "n_groups", caller, low=1)
