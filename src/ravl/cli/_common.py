@@ -26,7 +26,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, checkpoint_help: str
     g.add_argument("--model", default=None,
                    help="registry name (see `ravl models`); default: the name stored in --checkpoint, else 'tiny'")
     g.add_argument("--checkpoint", default=None,
-                   help=checkpoint_help or "ravl checkpoint folder (model.safetensors + config.json) or backend weights")
+                   help=checkpoint_help
+                   or "ravl checkpoint folder (model.safetensors + config.json) or backend weights")
     add_device_argument(g)
 
 

@@ -46,7 +46,8 @@ def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--data", required=True, help="dataset folder with metadata.jsonl (labels on every row)")
     parser.add_argument("--split", default="val", choices=SPLIT_CHOICES, help="split to audit ('all' for every row)")
-    parser.add_argument("--out", default="audit", type=out_dir_arg, help="output folder: discovery.json, evaluation.json, report.html")
+    parser.add_argument("--out", default="audit", type=out_dir_arg,
+                        help="output folder: discovery.json, evaluation.json, report.html")
     add_data_class_arguments(parser)
     parser.add_argument("--region-mode", default=None, choices=list(REGION_MODES),
                         help="how regions are embedded (default: masked)")

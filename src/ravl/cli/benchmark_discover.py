@@ -34,7 +34,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Builds every setting (feature x spurious class x V x seed), fine-tunes the tiny "
                                    "CLIP, applies the validity rule and runs every method; resumable. --grid picks "
                                    "the settings and sizes; explicit options override them.")
-    d.add_argument("--out", default="benchmarks/results/discover", type=out_dir_arg, help="work folder (cache, results.jsonl, tables)")
+    d.add_argument("--out", default="benchmarks/results/discover", type=out_dir_arg,
+                   help="work folder (cache, results.jsonl, tables)")
     d.add_argument("--grid", choices=sorted(GRID_PRESETS), default="default",
                    help="; ".join(f"{k}: {v.description}" for k, v in GRID_PRESETS.items()))
     d.add_argument("--features", nargs="+", default=None, help="override the grid's features")

@@ -45,7 +45,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "the same initialisation, and scores the four metrics on the eval test split; "
                                    "resumable (rerun the same command).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="benchmarks/results/mitigate", type=out_dir_arg, help="work folder (cache, results.jsonl, tables)")
+    p.add_argument("--out", default="benchmarks/results/mitigate", type=out_dir_arg,
+                   help="work folder (cache, results.jsonl, tables)")
     p.add_argument("--features", nargs="+", default=DEFAULT_FEATURES, help="planted features of the grid")
     p.add_argument("--spurious-classes", nargs="+", default=DEFAULT_CLASSES)
     p.add_argument("--strengths", nargs="+", type=float, default=DEFAULT_STRENGTHS)

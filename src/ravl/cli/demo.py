@@ -31,7 +31,8 @@ DESCRIPTION = __doc__.strip().splitlines()[0] + " " + " ".join(__doc__.strip().s
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="ravl-demo", type=out_dir_arg, help="working folder (reused and resumed on a rerun)")
+    parser.add_argument("--out", default="ravl-demo", type=out_dir_arg,
+                        help="working folder (reused and resumed on a rerun)")
     parser.add_argument("--spurious-class", default="nine")
     parser.add_argument("--feature", default="red_square", help="spurious feature (see `ravl make-benchmark --help`)")
     parser.add_argument("--cramers-v", type=float, default=0.95)

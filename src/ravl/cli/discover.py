@@ -28,7 +28,9 @@ from ravl.report.html import write_report
 from ravl.utils.io import atomic_write_json
 from ravl.utils.outputs import check_output_dir, output_lock, staged_output
 
-DESCRIPTION = ("discover region features the model spuriously ties to a class; writes discovery.json and report.html. Runs on a labelled evaluation split in which the correlation does not hold (default 'val').")
+DESCRIPTION = ("discover region features the model spuriously ties to a class; writes discovery.json and "
+               "report.html. Runs on a labelled evaluation split in which the correlation does not hold (default "
+               "'val').")
 
 
 def add_arguments(parser) -> None:
@@ -36,7 +38,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder with metadata.jsonl (labels on every row)")
     parser.add_argument("--split", default="val", choices=SPLIT_CHOICES, help="split to examine ('all' for every row)")
     add_data_class_arguments(parser)
-    parser.add_argument("--out", required=True, type=out_dir_arg, help="output folder for discovery.json, report.html and PNGs")
+    parser.add_argument("--out", required=True, type=out_dir_arg,
+                        help="output folder for discovery.json, report.html and PNGs")
     parser.add_argument("--region-mode", default=None, choices=list(REGION_MODES),
                         help="how regions are embedded (default: masked)")
     add_region_arguments(parser)

@@ -28,14 +28,16 @@ from ravl.exceptions import InvalidParameterError
 from ravl.models.base import load_model
 from ravl.models.regions import REGION_MODES
 
-DESCRIPTION = ("zero-shot accuracy: overall, per class, per (class x spurious feature) group, worst group. Group metrics need 'region_attributes' in metadata.jsonl; the core region is the region "
-               "whose attribute is the image's label.")
+DESCRIPTION = ("zero-shot accuracy: overall, per class, per (class x spurious feature) group, worst group. Group "
+               "metrics need 'region_attributes' in metadata.jsonl; the core region is the region whose attribute is"
+               " the image's label.")
 
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--data", required=True, help="dataset folder with metadata.jsonl (labels on every row)")
-    parser.add_argument("--split", default="test", choices=SPLIT_CHOICES, help="split to evaluate ('all' for every row)")
+    parser.add_argument("--split", default="test", choices=SPLIT_CHOICES,
+                        help="split to evaluate ('all' for every row)")
     add_data_class_arguments(parser)
     parser.add_argument("--spurious-feature", default=None,
                         help="region attribute marking the spurious feature (default: inferred from region_attributes)")

@@ -6,8 +6,9 @@ from ravl.cli._common import add_model_arguments, model_from_args, out_dir_arg, 
 from ravl.data.dataset import load_dataset
 from ravl.training.loop import FinetuneConfig, finetune
 
-DESCRIPTION = ("fine-tune a model on image-caption pairs (symmetric InfoNCE), resumable. Writes OUT/model.safetensors + OUT/config.json after every epoch and a resume state; "
-               "rerun the same command after an interruption to continue where it stopped.")
+DESCRIPTION = ("fine-tune a model on image-caption pairs (symmetric InfoNCE), resumable. Writes "
+               "OUT/model.safetensors + OUT/config.json after every epoch and a resume state; rerun the same command"
+               " after an interruption to continue where it stopped.")
 
 
 def add_arguments(parser) -> None:

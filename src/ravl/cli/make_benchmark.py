@@ -22,7 +22,8 @@ DESCRIPTION = (
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default=None, metavar="DIR", type=out_dir_arg, help="output folder (train/, eval/, setting.json)")
+    parser.add_argument("--out", default=None, metavar="DIR", type=out_dir_arg,
+                        help="output folder (train/, eval/, setting.json)")
     parser.add_argument("--spurious-class", default=None,
                         help="class tied to the feature: a digit word (zero..nine) or a digit 0-9 (default nine); "
                              "with --from-coco one of the pool's classes")
@@ -78,7 +79,8 @@ def run(args) -> int:
     if args.from_coco:
         return _run_coco(args)
     if args.list_pairs:
-        raise InvalidParameterError("--list-pairs ranks the (class, category) pairs of a COCO pool; give --from-coco DIR.")
+        raise InvalidParameterError("--list-pairs ranks the (class, category) pairs of a COCO pool; give "
+                                    "--from-coco DIR.")
     if args.out is None:
         raise InvalidParameterError("--out is required: the folder to write the setting to.")
     args.spurious_class = "nine" if args.spurious_class is None else args.spurious_class

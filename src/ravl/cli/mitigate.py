@@ -33,9 +33,10 @@ from ravl.training.loop import FinetuneConfig
 from ravl.utils.io import atomic_write_json
 from ravl.zeroshot import read_templates
 
-DESCRIPTION = ("fine-tune again so the model stops relying on the discovered feature (RaVL Stage 2), resumable. Labels the fine-tuning regions with the audited checkpoint and discovery.json, then "
-               "fine-tunes from the original starting weights (--start init) or the audited ones "
-               "(--start checkpoint). Rerun the same command after an interruption to continue.")
+DESCRIPTION = ("fine-tune again so the model stops relying on the discovered feature (RaVL Stage 2), resumable. "
+               "Labels the fine-tuning regions with the audited checkpoint and discovery.json, then fine-tunes from "
+               "the original starting weights (--start init) or the audited ones (--start checkpoint). Rerun the "
+               "same command after an interruption to continue.")
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser, checkpoint_help="the audited checkpoint folder (the model `ravl discover` examined)")

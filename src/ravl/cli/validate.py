@@ -10,9 +10,10 @@ from collections import Counter
 from ravl.data.dataset import CLASSES_FILE, SPLITS, load_dataset, parse_grid
 from ravl.exceptions import DatasetValidationError
 
-DESCRIPTION = ("check a dataset folder (metadata.jsonl + images) and report every problem. Prints a summary (images per split, classes and counts, regions, region_attributes) and "
-               "exits 0, or prints every problem, each naming the file, line and field with the fix, and exits 1. "
-               "The format is described in docs/dataset-format.md.")
+DESCRIPTION = ("check a dataset folder (metadata.jsonl + images) and report every problem. Prints a summary (images "
+               "per split, classes and counts, regions, region_attributes) and exits 0, or prints every problem, "
+               "each naming the file, line and field with the fix, and exits 1. The format is described in "
+               "docs/dataset-format.md.")
 
 _SPLIT_CHOICES = ("train", "val", "test", "all")
 
