@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ravl.data.dataset import RegionDataset, load_dataset
+from ravl.data.dataset import check_dataset, load_dataset
 from ravl.discovery.result import DiscoveryResult
 from ravl.exceptions import CheckpointError, DatasetError, InvalidParameterError
 from ravl.mitigation.labelling import (
@@ -318,8 +318,12 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
     if isinstance(discovery, (str, os.PathLike)):
         discovery_path = str(Path(discovery).resolve())
         discovery = DiscoveryResult.from_json(discovery)
-    if not isinstance(train_dataset, RegionDataset):
+    elif not isinstance(discovery, DiscoveryResult):
+        raise InvalidParameterError(f"The 'discovery' parameter of {caller} must be a DiscoveryResult or the path of a "
+                                    f"discovery.json. Got {type(discovery).__name__}.")
+    if isinstance(train_dataset, (str, os.PathLike)):
         train_dataset = load_dataset(train_dataset)
+    train_dataset = check_dataset(train_dataset, caller, "train_dataset")
     train = train_dataset.subset(config.train_split)
 
     # Where the new run starts.
