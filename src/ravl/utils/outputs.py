@@ -28,6 +28,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -202,8 +203,14 @@ def _recover(folder: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+#: Files a report folder holds (an output of an earlier ravl without the marker is recognised by them).
+_REPORT_FILES = re.compile(r"^(discovery|evaluation|timings|verify)\.json$|^report\.html$|^[a-z_]+(_\d+)?\.png$")
+
+
 def _is_ravl_output(folder: Path) -> bool:
-    return not any(folder.iterdir()) or (folder / OUTPUT_MARKER).exists()
+    """Empty, marked as written by ravl, or holding only the files of a ravl report folder."""
+    names = [p.name for p in folder.iterdir()]
+    return not names or OUTPUT_MARKER in names or all(_REPORT_FILES.match(n) for n in names)
 
 
 @contextlib.contextmanager
