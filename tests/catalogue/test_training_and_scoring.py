@@ -27,10 +27,30 @@ def _ft(cat_env, out, *extra):
     ("--lr", "5", r"'lr'.*Got 5.0"),
     ("--batch-size", "1", r"'batch_size'.*\[2, inf\)"),
     ("--val-split", "vla", r"'val_split'.*Got 'vla'"),
+    ("--precision", "fp8", r"--precision: invalid choice: 'fp8'"),
+    ("--freeze", "both", r"--freeze: invalid choice: 'both'"),
+    ("--workers", "-1", r"--workers: must be a whole number >= 0"),
+    ("--warmup-fraction", "2", r"'warmup_fraction'.*Got 2.0"),
 ])
 def test_finetune_bad_recipe_is_refused_before_any_work(cat_env, tmp_path, flag, value, pattern):
     expect(_ft(cat_env, tmp_path / "o", flag, value), 2, pattern)
     assert not (tmp_path / "o").exists()
+
+
+def test_fp16_on_cpu_is_refused_before_any_work(cat_env, tmp_path):
+    expect(_ft(cat_env, tmp_path / "o", "--precision", "fp16", "--device", "cpu"), 2,
+           r"--precision fp16 needs a CUDA device .* use bf16 or fp32")
+    assert not (tmp_path / "o").exists()
+
+
+def test_recipe_flags_reach_the_run(cat_env, tmp_path):
+    res = _ft(cat_env, tmp_path / "o", "--precision", "bf16", "--freeze", "text", "--grad-checkpointing",
+              "--workers", "2", "--weight-decay", "0.1", "--warmup-fraction", "0.2")
+    expect(res, 0)
+    rec = json.loads((tmp_path / "o" / "config.json").read_text())["finetune"]
+    assert {k: rec[k] for k in ("precision", "freeze", "grad_checkpointing", "weight_decay", "warmup_fraction")} \
+        == {"precision": "bf16", "freeze": "text", "grad_checkpointing": True, "weight_decay": 0.1,
+            "warmup_fraction": 0.2}
 
 
 def test_bad_device(cat_env, tmp_path):

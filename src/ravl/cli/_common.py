@@ -16,6 +16,7 @@ from ravl.exceptions import InvalidParameterError
 from ravl.mitigation.labelling import FEATURE_CHOICES
 from ravl.models import load_model
 from ravl.models.checkpoint import is_checkpoint, read_checkpoint_config
+from ravl.training.options import FREEZE, PRECISIONS
 from ravl.utils.io import atomic_write_json
 from ravl.utils.outputs import check_output_dir, check_output_file
 from ravl.zeroshot import DEFAULT_TEMPLATES, read_templates
@@ -77,6 +78,52 @@ def model_from_args(args, **kwargs):
     if name is None and args.checkpoint and (Path(args.checkpoint) / "config.json").is_file():
         name = read_checkpoint_config(args.checkpoint).get("model")
     return load_model(name or "tiny", checkpoint=args.checkpoint, device=resolve_device(args.device), **kwargs)
+
+
+def _workers_type(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (0: load images in the main process); "
+                                         f"got {text!r}")
+    return n
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, *, title: str) -> None:
+    """The fine-tuning recipe flags of ``ravl finetune`` and ``ravl mitigate``; every one defaults to
+    ``None`` (the model's defaults for finetune, the audited run's recorded values for mitigate),
+    except ``--workers``, which changes how fast the run is, not its result."""
+    g = parser.add_argument_group(title)
+    g.add_argument("--epochs", type=int, default=None, help="passes over the training split")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="image-caption pairs per step (the contrastive negatives are the batch)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (the model's default: 2e-3 for the tiny CLIP, 1e-5 for pretrained "
+                        "open_clip / Hugging Face CLIPs)")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
+    g.add_argument("--warmup-fraction", type=float, default=None, help="fraction of the steps in linear warm-up")
+    g.add_argument("--seed", type=int, default=None, help="data-order seed")
+    g.add_argument("--val-split", default=None, help="split validated after each epoch ('none' to skip)")
+    g.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                   help="fp32, or autocast to bf16 / fp16 (fp16: CUDA only, with loss scaling); weights stay fp32")
+    g.add_argument("--freeze", default=None, choices=list(FREEZE),
+                   help="keep one tower's weights: 'text' (train the image tower), 'image' or 'none'")
+    g.add_argument("--grad-checkpointing", action="store_true", default=None,
+                   help="recompute activations in the backward pass: less memory, about a third more time")
+    g.add_argument("--workers", type=_workers_type, default=0, metavar="N",
+                   help="processes that decode and preprocess images (default 0: this process)")
+
+
+def recipe_overrides(args) -> dict[str, Any]:
+    """The :class:`~ravl.training.FinetuneConfig` fields given by :func:`add_recipe_arguments` flags."""
+    names = ("epochs", "batch_size", "lr", "weight_decay", "warmup_fraction", "seed", "precision", "freeze",
+             "grad_checkpointing")
+    over = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if getattr(args, "val_split", None) is not None:
+        over["val_split"] = None if str(args.val_split).lower() == "none" else args.val_split
+    return over
 
 
 def add_data_class_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ravl.cli._common import (
     add_model_arguments,
+    add_recipe_arguments,
     add_region_arguments,
     data_from_args,
     fmt,
@@ -14,6 +15,7 @@ from ravl.cli._common import (
     parse_features,
     parse_quantile,
     print_table,
+    recipe_overrides,
     resolve_device,
 )
 from ravl.cli._methods import add_method_arguments, method_configs_from_args
@@ -30,6 +32,7 @@ from ravl.models.checkpoint import read_checkpoint_config
 from ravl.models.regions import REGION_MODES
 from ravl.report.html import write_report
 from ravl.training.loop import FinetuneConfig
+from ravl.training.options import check_precision
 from ravl.utils.io import atomic_write_json
 from ravl.zeroshot import read_templates
 
@@ -76,12 +79,7 @@ def add_arguments(parser) -> None:
                         help="text file with one prompt template per line containing '{}' for the class text of the "
                              "losses and the before/after evaluation (default: the templates discovery scored with, "
                              "recorded in discovery.json)")
-    g = parser.add_argument_group("fine-tuning (default: the audited checkpoint's recorded values)")
-    g.add_argument("--epochs", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None)
-    g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None, help="data-order seed")
-    g.add_argument("--val-split", default=None, help="split validated after each epoch ('none' to skip)")
+    add_recipe_arguments(parser, title="fine-tuning (default: the audited checkpoint's recorded values)")
     parser.add_argument("--no-resume", action="store_true", help="ignore and overwrite an existing resume state")
     parser.add_argument("--allow-data-change", action="store_true",
                         help="accept data changed since discovery (its split) or since the interrupted run started")
@@ -185,11 +183,8 @@ def run(args) -> int:
     ck = read_checkpoint_config(args.checkpoint)
     name = args.model or ck["model"]
     cfg = FinetuneConfig.from_dict(ck["finetune"]) if isinstance(ck.get("finetune"), dict) else FinetuneConfig()
-    over = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
-                              ("seed", args.seed)) if v is not None}
-    if args.val_split is not None:
-        over["val_split"] = None if args.val_split.lower() == "none" else args.val_split
-    cfg = replace(cfg, **over)
+    cfg = replace(cfg, **recipe_overrides(args))
+    check_precision(cfg.precision, device)
     if args.init is not None and args.init_seed is not None:
         raise InvalidParameterError("give --init (starting weights) or --init-seed (a fresh tiny CLIP), not both")
     init = None
@@ -207,7 +202,7 @@ def run(args) -> int:
                    config=cfg, options=opts, method_config=method_config, model_name=name, init=init,
                    eval_dataset=args.discovery_data, device=device, resume=not args.no_resume,
                    allow_data_change=args.allow_data_change, allow_empty_labelling=args.allow_empty_labelling,
-                   progress=progress)
+                   progress=progress, workers=args.workers)
 
     lab = res.labelling
     if lab:

@@ -52,6 +52,7 @@ from ravl.models.base import load_model
 from ravl.models.checkpoint import read_checkpoint_config
 from ravl.models.regions import DEFAULT_REGION_MODE, REGION_MODES
 from ravl.training.loop import FinetuneConfig, finetune
+from ravl.training.options import check_precision
 from ravl.utils.io import atomic_write_json
 from ravl.utils.outputs import locks_output
 from ravl.utils.validation import check_choice, check_float
@@ -256,7 +257,7 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
              init: dict[str, Any] | None = None, labelling: RegionLabelling | None = None,
              eval_dataset: Any = None, device: str | None = None, resume: bool = True,
              allow_data_change: bool = False, allow_empty_labelling: bool = False,
-             progress: bool = True) -> MitigationResult:
+             progress: bool = True, workers: int = 0) -> MitigationResult:
     """Fine-tune again with a mitigation method, using the regions discovery flagged.
 
     Args:
@@ -287,6 +288,8 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
             training region was labelled spurious (refused by default: the feature is then not in
             the training data as discovery saw it, or the data changed).
         progress: Show progress bars.
+        workers: Image-loading processes of the fine-tuning (``0``: this process); results do
+            not depend on it.
 
     Returns:
         A :class:`MitigationResult` (also written to ``out_dir/mitigation.json``).
@@ -314,6 +317,7 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
     if not isinstance(config, FinetuneConfig):
         raise InvalidParameterError(f"The 'config' parameter of {caller} must be a FinetuneConfig. "
                                     f"Got {type(config).__name__}.")
+    check_precision(config.precision, device or "cpu")  # before labelling, the first long step
     discovery_path = None
     if isinstance(discovery, (str, os.PathLike)):
         discovery_path = str(Path(discovery).resolve())
@@ -394,7 +398,7 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
                 "labelling": labelling.fingerprint() if labelling is not None else None}
     res = finetune(model, train_dataset, out, config, objective=plan.objective, resume=resume, progress=progress,
                    init=init_record, epoch_order=plan.epoch_order, run_info=run_info,
-                   allow_data_change=allow_data_change)
+                   allow_data_change=allow_data_change, workers=workers)
 
     summary = labelling.summary() if labelling is not None else None
     result = MitigationResult(method=method, start=start, checkpoint_dir=str(out),

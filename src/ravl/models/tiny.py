@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ravl.data.dataset import to_rgb
 from ravl.exceptions import CheckpointError, InvalidParameterError
@@ -221,6 +222,8 @@ class TinyCLIP(nn.Module):
         self.text_norm = nn.LayerNorm(w)
         self.text_proj = nn.Linear(w, cfg.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        #: Recompute block activations in the backward pass (:meth:`TinyCLIPAdapter.set_grad_checkpointing`).
+        self.grad_checkpointing = False
 
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
@@ -238,7 +241,12 @@ class TinyCLIP(nn.Module):
             raise InvalidParameterError("Expected preprocessed images of shape [N, 3, H, W]. Got "
                                         f"{tuple(pixels.shape)}.")
         # NHWC is markedly faster for these small convolutions on CPU and fine on GPU.
-        return self.visual(pixels.contiguous(memory_format=torch.channels_last))
+        x = pixels.contiguous(memory_format=torch.channels_last)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for blk in self.visual:
+                x = checkpoint(blk, x, use_reentrant=False)
+            return x
+        return self.visual(x)
 
     def pool_head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Map pooled features ``[N, C]`` to the embedding space ``[N, D]``."""
@@ -296,7 +304,8 @@ class TinyCLIP(nn.Module):
         tokens = tokens[:, :int(last.max()) + 1]
         x = self.token_embedding(tokens) + self.positional_embedding[:tokens.shape[1]]
         for blk in self.text_blocks:
-            x = blk(x)
+            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing and torch.is_grad_enabled() \
+                else blk(x)
         x = self.text_norm(x[torch.arange(x.shape[0], device=x.device), last])
         return self.text_proj(x)
 
@@ -321,6 +330,9 @@ class TinyCLIPAdapter:
 
     #: The image tower's pooling head (LayerNorm + Linear): what "train the projection only" trains.
     image_projection_prefixes = ("visual_norm.", "visual_proj.")
+    #: Each tower's parameters (``--freeze image|text``); the logit scale belongs to neither.
+    image_tower_prefixes = ("visual.", "visual_norm.", "visual_proj.")
+    text_tower_prefixes = ("token_embedding.", "positional_embedding", "text_blocks.", "text_norm.", "text_proj.")
 
     def __init__(self, module: TinyCLIP, name: str = "tiny"):
         self.name = name
@@ -379,6 +391,10 @@ class TinyCLIPAdapter:
     def logit_scale(self) -> torch.Tensor:
         """``exp`` of the learned log inverse temperature (scalar tensor, differentiable)."""
         return self.module.logit_scale.exp()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (less memory, more time)."""
+        self.module.grad_checkpointing = bool(enable)
 
     def config(self) -> dict[str, Any]:
         """The :class:`TinyCLIPConfig` as a JSON-serialisable dict."""

@@ -24,8 +24,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +38,29 @@ from ravl.exceptions import CheckpointError, DatasetError, InvalidParameterError
 from ravl.models.base import check_model, set_load_record
 from ravl.models.checkpoint import save_checkpoint
 from ravl.training.losses import clip_loss
+from ravl.training.options import (
+    FREEZE,
+    PRECISIONS,
+    autocast,
+    check_precision,
+    freeze_tower,
+    grad_scaler,
+    model_defaults,
+    set_grad_checkpointing,
+)
 from ravl.utils.io import atomic_write, atomic_write_json
 from ravl.utils.outputs import locks_output
 from ravl.utils.progress import progress as _progress
-from ravl.utils.validation import check_float, check_int
+from ravl.utils.validation import check_choice, check_float, check_int
 from ravl.zeroshot import class_text_embeddings
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "ContrastiveObjective", "PixelStore"]
 
 logger = logging.getLogger(__name__)
+
+#: A split is cached in memory (float16 pixels) when it fits in this many bytes; larger splits are
+#: loaded batch by batch, ``workers`` processes ahead of the training step.
+PIXEL_CACHE_BYTES = 2 << 30
 
 STATE_FILE = "training_state.pt"
 HISTORY_FILE = "history.json"
@@ -68,6 +82,11 @@ class FinetuneConfig:
         val_split: Split evaluated after every epoch (``None`` to skip).
         checkpoint_interval_s: Save the resume state inside an epoch at most this often.
         grad_clip: Max gradient norm (``0`` disables clipping).
+        precision: ``"fp32"``, or autocast to ``"bf16"`` / ``"fp16"`` (fp16 needs CUDA and uses a
+            gradient scaler; bf16 also runs on CPU). Weights and optimiser state stay float32.
+        freeze: ``"none"``, or ``"text"`` / ``"image"``: that tower keeps its weights.
+        grad_checkpointing: Recompute activations in the backward pass (less memory, more
+            time), where the model's adapter offers it.
     """
 
     epochs: int = 6
@@ -80,6 +99,9 @@ class FinetuneConfig:
     val_split: str | None = "val"
     checkpoint_interval_s: float = 120.0
     grad_clip: float = 1.0
+    precision: str = "fp32"
+    freeze: str = "none"
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         check_int(self.epochs, "epochs", "FinetuneConfig", low=1)
@@ -95,6 +117,11 @@ class FinetuneConfig:
         check_int(self.seed, "seed", "FinetuneConfig", low=0)
         check_float(self.checkpoint_interval_s, "checkpoint_interval_s", "FinetuneConfig", low=0)
         check_float(self.grad_clip, "grad_clip", "FinetuneConfig", low=0)
+        check_choice(self.precision, "precision", "FinetuneConfig", PRECISIONS)
+        check_choice(self.freeze, "freeze", "FinetuneConfig", FREEZE)
+        if not isinstance(self.grad_checkpointing, bool):
+            raise InvalidParameterError("The 'grad_checkpointing' parameter of FinetuneConfig must be a bool. Got "
+                                        f"{self.grad_checkpointing!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +130,20 @@ class FinetuneConfig:
     def from_dict(cls, d: dict[str, Any]) -> "FinetuneConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def for_model(cls, model, **overrides: Any) -> "FinetuneConfig":
+        """The default recipe for ``model``: the adapter's ``finetune_defaults`` (a pretrained
+        backbone's small learning rate, longer warm-up...) over the class defaults, then
+        ``overrides``.
+
+        Example:
+            >>> import ravl
+            >>> FinetuneConfig.for_model(ravl.load_model("tiny"), epochs=2).lr
+            0.002
+        """
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in model_defaults(model).items() if k in names}, **overrides})
 
 
 @dataclass(frozen=True)
@@ -126,29 +167,64 @@ class FinetuneResult:
                 "history": list(self.history), "resumed_from": self.resumed_from}
 
 
+class _BatchImages(torch.utils.data.Dataset):
+    """Preprocessed pixels of one batch of dataset positions per item (what data-loading worker
+    processes compute)."""
+
+    def __init__(self, preprocess: Callable[..., torch.Tensor], dataset, batches: list[list[int]]):
+        self.preprocess = preprocess
+        self.dataset = dataset
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        return self.preprocess([self.dataset.load_image(int(i)) for i in self.batches[k]])
+
+
+def load_batches(model, dataset, batches: list[list[int]], *, workers: int = 0) -> Iterator[torch.Tensor]:
+    """Preprocessed pixels ``[B, 3, H, W]`` (float32, CPU) of each batch of dataset positions, in order.
+
+    With ``workers > 0`` the images are decoded and preprocessed in that many processes
+    (a :class:`torch.utils.data.DataLoader`), a few batches ahead of the consumer; the pixels are
+    the same as with ``workers=0``.
+    """
+    if workers <= 0:
+        for b in batches:
+            yield model.preprocess([dataset.load_image(int(i)) for i in b])
+        return
+    loader = torch.utils.data.DataLoader(_BatchImages(model.preprocess, dataset, batches), batch_size=None,
+                                         shuffle=False, num_workers=int(workers), prefetch_factor=2)
+    yield from loader
+
+
 class PixelStore:
     """Preprocessed pixels of a dataset, cached in memory (float16) when they fit.
 
     Args:
         model: Supplies ``preprocess``.
         dataset: A :class:`~ravl.data.RegionDataset`.
-        cache_limit_bytes: Cache when the whole split fits in this many bytes; otherwise images
-            are loaded and preprocessed batch by batch.
+        cache_limit_bytes: Cache when the whole split fits in this many bytes (default
+            :data:`PIXEL_CACHE_BYTES`); otherwise images are loaded and preprocessed batch by batch.
+        workers: Data-loading processes (``0``: this process).
     """
 
-    def __init__(self, model, dataset, *, cache_limit_bytes: int = 2 << 30, progress: bool = True,
-                 desc: str = "loading images"):
+    def __init__(self, model, dataset, *, cache_limit_bytes: int | None = None, progress: bool = True,
+                 desc: str = "loading images", workers: int = 0):
         self.model = model
         self.dataset = dataset
+        self.workers = int(workers)
         h, w = model.image_size
         self._cache: torch.Tensor | None = None
-        if len(dataset) * 3 * h * w * 2 <= cache_limit_bytes:
+        limit = PIXEL_CACHE_BYTES if cache_limit_bytes is None else cache_limit_bytes
+        if len(dataset) * 3 * h * w * 2 <= limit:
             chunks = []
             idx = list(range(len(dataset)))
+            parts = [idx[s:s + 256] for s in range(0, len(idx), 256)]
             bar = _progress(total=len(idx), desc=desc, disable=None if progress else True)
-            for start in range(0, len(idx), 256):
-                part = idx[start:start + 256]
-                chunks.append(model.preprocess([dataset.load_image(i) for i in part]).to(torch.float16))
+            for part, px in zip(parts, load_batches(model, dataset, parts, workers=self.workers)):
+                chunks.append(px.to(torch.float16))
                 bar.update(len(part))
             bar.close()
             self._cache = torch.cat(chunks) if chunks else torch.empty(0, 3, h, w, dtype=torch.float16)
@@ -157,10 +233,23 @@ class PixelStore:
         return len(self.dataset)
 
     def get(self, indices) -> torch.Tensor:
-        """Float32 pixels ``[B, 3, H, W]`` for dataset positions ``indices``."""
+        """Float32 pixels ``[B, 3, H, W]`` for dataset positions ``indices``.
+
+        Uncached pixels are rounded to float16 too, so a run does not depend on whether its
+        split fitted in the cache.
+        """
         if self._cache is not None:
             return self._cache[torch.as_tensor(indices, dtype=torch.long)].float()
-        return self.model.preprocess([self.dataset.load_image(int(i)) for i in indices])
+        return self.model.preprocess([self.dataset.load_image(int(i)) for i in indices]).half().float()
+
+    def batches(self, batches: list[list[int]]) -> Iterator[torch.Tensor]:
+        """:meth:`get` of each batch in turn (loaded ahead by the worker processes when uncached)."""
+        if self._cache is not None:
+            for b in batches:
+                yield self.get(b)
+        else:
+            for px in load_batches(self.model, self.dataset, batches, workers=self.workers):
+                yield px.half().float()
 
 
 class ContrastiveObjective:
@@ -200,6 +289,17 @@ def _mined_templates(train) -> dict[str, Any] | None:
             "n_used": mined.n_used, "source": "training captions"}
 
 
+def _same_config(saved: Any, config: FinetuneConfig) -> bool:
+    """Whether a resume state's config is ``config`` (fields added since it was saved take their
+    defaults, so an older run still resumes; gradient checkpointing, which changes memory and not
+    results, may differ, e.g. to continue a run that ran out of memory)."""
+    try:
+        return isinstance(saved, dict) and replace(FinetuneConfig.from_dict(saved),
+                                                   grad_checkpointing=config.grad_checkpointing) == config
+    except (InvalidParameterError, TypeError):
+        return False
+
+
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
     return torch.randperm(n, generator=g)
@@ -219,20 +319,21 @@ def _clamp_logit_scale(model) -> None:
 
 @torch.no_grad()
 def _validate(model, pixels: PixelStore, tokens: torch.Tensor, labels: np.ndarray, classes,
-              objective, batch_size: int) -> dict[str, float]:
+              objective, batch_size: int, precision: str = "fp32") -> dict[str, float]:
     model.module.eval()
     dev = model.device
     losses, embs = [], []
-    for start in range(0, len(pixels), batch_size):
-        idx = list(range(start, min(start + batch_size, len(pixels))))
-        px = pixels.get(idx).to(dev)
-        if len(idx) >= 2:
-            out = objective(model, {"pixels": px, "tokens": tokens[idx].to(dev)})
-            losses.append(float(out["loss"]) * len(idx))
-        embs.append(torch.nn.functional.normalize(model.encode_image(px).float(), dim=-1).cpu())
+    batches = [list(range(s, min(s + batch_size, len(pixels)))) for s in range(0, len(pixels), batch_size)]
+    with autocast(precision, dev):
+        for idx, px in zip(batches, pixels.batches(batches)):
+            px = px.to(dev)
+            if len(idx) >= 2:
+                out = objective(model, {"pixels": px, "tokens": tokens[idx].to(dev)})
+                losses.append(float(out["loss"]) * len(idx))
+            embs.append(torch.nn.functional.normalize(model.encode_image(px).float(), dim=-1).cpu())
+        text = class_text_embeddings(model, classes).float().cpu() if classes and (labels >= 0).any() else None
     res: dict[str, float] = {"val_loss": sum(losses) / max(1, len(pixels))}
-    if classes and (labels >= 0).any():
-        text = class_text_embeddings(model, classes).cpu()
+    if text is not None:
         pred = (torch.cat(embs) @ text.T).argmax(-1).numpy()
         keep = labels >= 0
         res["val_zero_shot_accuracy"] = float((pred[keep] == labels[keep]).mean())
@@ -246,14 +347,16 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
              resume: bool = True, progress: bool = True, init: dict[str, Any] | None = None,
              extra_state: Callable[[], dict[str, Any]] | None = None,
              epoch_order: Callable[[int], torch.Tensor] | None = None,
-             run_info: dict[str, Any] | None = None, allow_data_change: bool = False) -> FinetuneResult:
+             run_info: dict[str, Any] | None = None, allow_data_change: bool = False,
+             workers: int = 0) -> FinetuneResult:
     """Fine-tune ``model`` in place on the image-caption pairs of ``dataset``.
 
     Args:
         model: A :class:`~ravl.models.VisionLanguageModel`; its ``module`` is trained in place.
         dataset: A :class:`~ravl.data.RegionDataset` with ``caption`` on every training row.
         out_dir: Output folder (see the module docstring for its layout).
-        config: Hyper-parameters (default :class:`FinetuneConfig()`).
+        config: Hyper-parameters (default: :meth:`FinetuneConfig.for_model`, the class defaults
+            with the adapter's ``finetune_defaults`` over them).
         objective: ``objective(model, batch) -> dict`` with a ``"loss"`` entry (default:
             :class:`ContrastiveObjective`, i.e. standard CLIP fine-tuning).
         resume: Continue from ``out_dir/training_state.pt`` when present. A finished run is
@@ -274,6 +377,8 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         allow_data_change: Resume even though the training split changed since the run started
             (its content fingerprint, :meth:`~ravl.data.RegionDataset.fingerprint`, differs);
             without it such a resume is refused, so a run never silently mixes two datasets.
+        workers: Processes that decode and preprocess images (``0``: this process). Results do
+            not depend on it.
 
     Returns:
         A :class:`FinetuneResult`.
@@ -284,10 +389,12 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
     """
     check_model(model, "finetune")
     check_dataset(dataset, "finetune")
-    config = config or FinetuneConfig()
+    config = config or FinetuneConfig.for_model(model)
     if not isinstance(config, FinetuneConfig):
         raise InvalidParameterError(f"The 'config' parameter of finetune must be a FinetuneConfig. Got "
                                     f"{type(config).__name__}.")
+    workers = check_int(workers, "workers", "finetune", low=0)
+    check_precision(config.precision, model.device)
     objective = objective or ContrastiveObjective()
     out = Path(out_dir)
     if init is None:
@@ -333,7 +440,7 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
             raise CheckpointError(f"Cannot read the resume state {state_path} ({exc}). Delete it to start "
                                   "over, or pass resume=False / --no-resume.") from exc
         saved = state.get("config", {})
-        if saved != config.to_dict() or state.get("objective") != getattr(objective, "name", None):
+        if not _same_config(saved, config) or state.get("objective") != getattr(objective, "name", None):
             raise CheckpointError(
                 f"{out} holds a run with another configuration (saved {saved}, objective "
                 f"{state.get('objective')!r}). Use another --out folder, or --no-resume to overwrite it.")
@@ -356,6 +463,9 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
 
     module = model.module
     dev = model.device
+    freeze_tower(model, config.freeze)
+    if config.grad_checkpointing:
+        set_grad_checkpointing(model, True)
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
@@ -370,6 +480,7 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         steps_per_epoch -= 1
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(config.warmup_fraction * total)))
+    scaler = grad_scaler(config.precision, dev)
 
     history: list[dict[str, Any]] = []
     epoch, step_in_epoch, running = 0, 0, {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
@@ -378,6 +489,8 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         module.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
         epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
         history = list(state["history"])
         running = dict(state["running"])
@@ -396,14 +509,15 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
                 "config": config.to_dict(), "objective": getattr(objective, "name", None),
                 "objective_state": objective.state_dict() if hasattr(objective, "state_dict") else None,
                 "n_train": len(train), "data_fingerprint": data_fp,
-                "extra": extra_state() if extra_state else None, "run_info": run_info}
+                "extra": extra_state() if extra_state else None, "run_info": run_info,
+                "scaler": scaler.state_dict() if scaler is not None else None}
 
-    pixels = PixelStore(model, train, progress=progress, desc="loading train images")
+    pixels = PixelStore(model, train, progress=progress, desc="loading train images", workers=workers)
     tokens = model.tokenize([r.caption for r in train.records])
     val_pixels = val_tokens = None
     val_labels = np.zeros(0)
     if val is not None:
-        val_pixels = PixelStore(model, val, progress=progress, desc="loading val images")
+        val_pixels = PixelStore(model, val, progress=progress, desc="loading val images", workers=workers)
         val_tokens = model.tokenize([r.caption or "" for r in val.records])
         val_labels = val.label_indices
 
@@ -419,18 +533,30 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         bar = _progress(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                         disable=None if progress else True)
         t0 = time.monotonic()
-        while step_in_epoch < steps_per_epoch:
-            idx = order[step_in_epoch * config.batch_size:(step_in_epoch + 1) * config.batch_size]
-            batch = {"pixels": pixels.get(idx).to(dev), "tokens": tokens[idx].to(dev), "indices": idx}
-            loss = objective(model, batch)["loss"]
+        bs = config.batch_size
+        todo = [order[s * bs:(s + 1) * bs] for s in range(step_in_epoch, steps_per_epoch)]
+        for idx, px in zip(todo, pixels.batches(todo)):
+            batch = {"pixels": px.to(dev), "tokens": tokens[idx].to(dev), "indices": idx}
+            with autocast(config.precision, dev):
+                loss = objective(model, batch)["loss"].float()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"Loss became {float(loss)} at epoch {epoch + 1}, step "
-                                         f"{step_in_epoch + 1}; lower the learning rate (lr={config.lr}).")
+                                         f"{step_in_epoch + 1}; lower the learning rate (lr={config.lr})"
+                                         + (" or use --precision bf16 / fp32" if config.precision == "fp16" else "")
+                                         + ".")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
-            opt.step()
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             sched.step()
             _clamp_logit_scale(model)
             step_in_epoch += 1
@@ -453,7 +579,7 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         if val_pixels is not None:
             # Validation uses the standard contrastive loss for every objective, so runs compare.
             row.update(_validate(model, val_pixels, val_tokens, val_labels, list(dataset.classes),
-                                 ContrastiveObjective(), config.batch_size))
+                                 ContrastiveObjective(), config.batch_size, config.precision))
         history.append(row)
         logger.info("epoch %d/%d  %s", epoch + 1, config.epochs,
                     "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)))
@@ -465,5 +591,7 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         _save_state(out, snapshot())
         atomic_write_json(out / HISTORY_FILE, history)
         last_save = time.monotonic()
+    if config.grad_checkpointing:
+        set_grad_checkpointing(model, False)
     set_load_record(model, {"model": model.name, "checkpoint": str(out.resolve())})
     return FinetuneResult(str(out), config, tuple(history), resumed_from)
