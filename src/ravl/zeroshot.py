@@ -8,6 +8,7 @@ and regions.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,10 @@ from ravl.utils.validation import check_choice, check_float
 __all__ = [
     "DEFAULT_TEMPLATES",
     "DIGIT_TEMPLATES",
+    "IMAGENET_TEMPLATES",
+    "TEMPLATE_SETS",
+    "default_templates",
+    "templates_from_spec",
     "ZeroShotResult",
     "check_templates",
     "template_problem",
@@ -51,6 +56,73 @@ DIGIT_TEMPLATES: tuple[str, ...] = (
     "an image of a {}",
     "{}",
 )
+
+
+#: An ImageNet-style ensemble for pretrained CLIPs: the seven templates CLIP's authors selected for
+#: ImageNet zero-shot classification (their prompt-engineering notebook), plus the plain "a photo
+#: of a {}.".
+IMAGENET_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+#: Named template sets (``--templates NAME``). ``"auto"`` is resolved per model and classes by
+#: :func:`default_templates`.
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "generic": DEFAULT_TEMPLATES,
+    "digits": DIGIT_TEMPLATES,
+    "imagenet": IMAGENET_TEMPLATES,
+}
+
+_DIGIT_NAMES = frozenset("zero one two three four five six seven eight nine".split()) | frozenset("0123456789")
+
+
+def default_templates(model: Any = None, classes: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The templates used when none are given, recorded or mined.
+
+    An adapter of a pretrained CLIP (open_clip, Hugging Face) sets ``default_template_set =
+    "auto"``: the reference's digit templates when every class is a digit name (the synthetic
+    settings), the ImageNet-style set otherwise. Adapters without it (the tiny CLIP, which learns
+    its vocabulary from the fine-tuning captions) get :data:`DEFAULT_TEMPLATES`.
+
+    Example:
+        >>> default_templates(None, ["cat", "dog"]) == DEFAULT_TEMPLATES
+        True
+        >>> class Pretrained:
+        ...     default_template_set = "auto"
+        >>> default_templates(Pretrained(), ["three", "nine"]) == DIGIT_TEMPLATES
+        True
+        >>> default_templates(Pretrained(), ["cat", "dog"]) == IMAGENET_TEMPLATES
+        True
+    """
+    name = getattr(model, "default_template_set", None) or "generic"
+    if name == "auto":
+        digits = bool(classes) and all(str(c).strip().lower() in _DIGIT_NAMES for c in classes)
+        name = "digits" if digits else "imagenet"
+    if name not in TEMPLATE_SETS:
+        raise InvalidParameterError(f"{getattr(model, 'name', type(model).__name__)}.default_template_set is {name!r}; "
+                                    f"use 'auto' or one of {sorted(TEMPLATE_SETS)}.")
+    return TEMPLATE_SETS[name]
+
+
+def templates_from_spec(spec: str | os.PathLike) -> tuple[str, ...]:
+    """``--templates``: a named set (:data:`TEMPLATE_SETS`: generic, digits, imagenet) or a text
+    file with one template per line (:func:`read_templates`). A file of that name wins over a set.
+
+    Example:
+        >>> templates_from_spec("digits") == DIGIT_TEMPLATES
+        True
+    """
+    text = os.fspath(spec)
+    if text in TEMPLATE_SETS and not Path(text).exists():
+        return TEMPLATE_SETS[text]
+    return read_templates(text)
 
 
 def template_problem(template: str) -> str | None:
@@ -104,14 +176,16 @@ def read_templates(path: str | Path) -> tuple[str, ...]:
     return tuple(out)
 
 
-def check_templates(templates: Sequence[str] | None, caller: str = "zero_shot_classify") -> tuple[str, ...]:
-    """``templates`` as a tuple (``None``: :data:`DEFAULT_TEMPLATES`), each a string with ``{}``.
+def check_templates(templates: Sequence[str] | None, caller: str = "zero_shot_classify", *, model: Any = None,
+                    classes: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``templates`` as a tuple (``None``: :func:`default_templates` of ``model`` and
+    ``classes``), each a string with ``{}``.
 
     Raises:
         InvalidParameterError: An empty list, or a template without the ``{}`` placeholder.
     """
     if templates is None:
-        return DEFAULT_TEMPLATES
+        return default_templates(model, classes)
     if isinstance(templates, str) or not isinstance(templates, Sequence):
         raise InvalidParameterError(f"The 'templates' parameter of {caller} must be a list of strings containing "
                                     f"'{{}}'. Got {templates!r} instead.")
@@ -153,11 +227,11 @@ def prompt_embeddings(model, names: Sequence[str], templates: Sequence[str] | No
     Args:
         model: A :class:`~ravl.models.VisionLanguageModel`.
         names: N names (classes or attributes).
-        templates: K templates with a ``{}`` placeholder (default :data:`DEFAULT_TEMPLATES`).
+        templates: K templates with a ``{}`` placeholder (default: :func:`default_templates`).
         tokens: Precomputed :func:`prompt_tokens` of the same names and templates (a cache).
     """
     names = _check_names(names, "prompt_embeddings")
-    templates = check_templates(templates, "prompt_embeddings")
+    templates = check_templates(templates, "prompt_embeddings", model=model, classes=names)
     if tokens is None:
         tokens = prompt_tokens(model, names, templates)
     emb = model.encode_text(tokens.to(model.device))
@@ -176,7 +250,7 @@ def class_text_embeddings(model, classes: Sequence[str], templates: Sequence[str
     Args:
         model: A :class:`~ravl.models.VisionLanguageModel`.
         classes: C class names, substituted into every template.
-        templates: Prompt templates with a ``{}`` placeholder (default :data:`DEFAULT_TEMPLATES`).
+        templates: Prompt templates with a ``{}`` placeholder (default: :func:`default_templates`).
         grad: ``False`` (scoring): computed without gradients, with the model in eval mode
             (restored afterwards), as float32. ``True`` (training): differentiable, the module's
             mode untouched.
@@ -232,7 +306,7 @@ def zero_shot_classify(model, inputs: Any, classes: Sequence[str], *,
         inputs: A :class:`~ravl.data.RegionDataset`, a list of PIL images, or precomputed
             embeddings ``[N, D]`` (numpy or torch; normalised here).
         classes: C class names.
-        templates: Prompt templates (default :data:`DEFAULT_TEMPLATES`).
+        templates: Prompt templates (default: :func:`default_templates`).
         temperature: Softmax temperature (0.07 as in the reference).
         level: ``"image"`` scores whole images; ``"region"`` scores every region of a dataset
             (rows follow ``dataset.region_table()``).

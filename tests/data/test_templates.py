@@ -96,3 +96,32 @@ def test_templates_from_a_converted_coco_pool(coco_pool):
 
 def test_module_examples():
     assert doctest.testmod(tm).failed == 0
+
+
+def test_named_sets_and_the_pretrained_default(tmp_path, monkeypatch):
+    from ravl.models import load_model
+    from ravl.zeroshot import (
+        DEFAULT_TEMPLATES,
+        DIGIT_TEMPLATES,
+        IMAGENET_TEMPLATES,
+        default_templates,
+        prompt_embeddings,
+        templates_from_spec,
+    )
+
+    assert templates_from_spec("imagenet") == IMAGENET_TEMPLATES
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").write_text("my {}\n")
+    assert templates_from_spec("digits") == ("my {}",)  # a file of that name wins
+    with pytest.raises(ValueError, match="does not exist"):
+        templates_from_spec("imagenett")
+    model = load_model("tiny")
+    assert default_templates(model, ["nine", "three"]) == DEFAULT_TEMPLATES  # the tiny CLIP keeps the generic set
+    model.default_template_set = "auto"  # what the pretrained backends declare
+    assert default_templates(model, ["Nine", "3"]) == DIGIT_TEMPLATES
+    assert default_templates(model, ["cardiomegaly", "normal"]) == IMAGENET_TEMPLATES
+    # the zero-shot classifier follows the model's default
+    assert prompt_embeddings(model, ["cat", "dog"]).shape[1] == len(IMAGENET_TEMPLATES)
+    model.default_template_set = "klingon"
+    with pytest.raises(ValueError, match="default_template_set is 'klingon'"):
+        default_templates(model, ["cat"])

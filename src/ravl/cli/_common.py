@@ -19,7 +19,7 @@ from ravl.models.checkpoint import is_checkpoint, read_checkpoint_config
 from ravl.training.options import FREEZE, PRECISIONS
 from ravl.utils.io import atomic_write_json
 from ravl.utils.outputs import check_output_dir, check_output_file
-from ravl.zeroshot import DEFAULT_TEMPLATES, read_templates
+from ravl.zeroshot import TEMPLATE_SETS, default_templates, templates_from_spec
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, checkpoint_help: str | None = None) -> None:
@@ -130,19 +130,22 @@ def add_data_class_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("classes and prompts")
     g.add_argument("--classes", nargs="+", default=None,
                    help="class names, in order (default: classes.txt in the folder, else the labels found)")
-    g.add_argument("--templates", default=None,
-                   help="text file with one prompt template per line containing '{}' (default: ravl's generic set)")
+    g.add_argument("--templates", default=None, metavar="SET|FILE",
+                   help="prompt templates: a named set (generic, digits, imagenet) or a text file with one template "
+                        "per line containing '{}' (default: the ones mined from the checkpoint's training captions, "
+                        "else the model's default set)")
 
 
-def templates_from_args(args, checkpoint: str | Path | None = None, *, quiet: bool = False
-                        ) -> tuple[tuple[str, ...], str]:
-    """The prompt templates and where they came from: ``--templates`` FILE, else the templates the
-    checkpoint recorded (mined from its training captions by ``ravl finetune``), else the default set.
+def templates_from_args(args, checkpoint: str | Path | None = None, *, quiet: bool = False, model: Any = None,
+                        classes: Any = None) -> tuple[tuple[str, ...], str]:
+    """The prompt templates and where they came from: ``--templates`` SET or FILE, else the
+    templates the checkpoint recorded (mined from its training captions by ``ravl finetune``),
+    else the model's default set for these classes (:func:`ravl.zeroshot.default_templates`).
 
     Prints the choice (unless ``quiet``); every output JSON records it.
     """
     if getattr(args, "templates", None):
-        found, origin = read_templates(args.templates), f"--templates {args.templates}"
+        found, origin = templates_from_spec(args.templates), f"--templates {args.templates}"
     else:
         ck = checkpoint if checkpoint is not None else getattr(args, "checkpoint", None)
         recorded = None
@@ -151,7 +154,9 @@ def templates_from_args(args, checkpoint: str | Path | None = None, *, quiet: bo
         if recorded:
             found, origin = tuple(recorded), f"mined from the training captions (recorded in {ck})"
         else:
-            found, origin = tuple(DEFAULT_TEMPLATES), "ravl's default set"
+            found = default_templates(model, classes)
+            set_name = next((k for k, v in TEMPLATE_SETS.items() if v == found), "custom")
+            origin = f"the model's default set ({set_name})"
     if not quiet:
         shown = "; ".join(repr(t) for t in found[:4]) + (f"; ... ({len(found)} in all)" if len(found) > 4 else "")
         print(f"prompt templates: {origin}: {shown}")

@@ -75,7 +75,7 @@ def _audit(args, split, features, out: Path) -> Path:
     ds = data_from_args(args, args.data, classes=args.classes, require_fields=("label",))
     print_summary(ds.subset(split) if split else ds, split=split, classes_given=args.classes is not None)
     model = model_from_args(args)
-    templates, origin = templates_from_args(args)
+    templates, origin = templates_from_args(args, model=model, classes=ds.classes)
 
     print("\n2. discovery")
     # the knobs of `ravl discover` this command does not expose keep their defaults

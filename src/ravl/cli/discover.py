@@ -139,7 +139,7 @@ def run(args) -> int:
         ds = data_from_args(args, args.data, classes=args.classes, require_fields=("label",))
         check_truth(args.truth, ds, split)
         model = model_from_args(args)
-        templates, origin = templates_from_args(args)
+        templates, origin = templates_from_args(args, model=model, classes=ds.classes)
         d, inputs = discovery_result(args, model, ds, split, templates, origin, method)
         p10 = None
         if args.truth:

@@ -124,7 +124,7 @@ def run(args) -> int:
         raise InvalidParameterError(f"--spurious-class {args.spurious_class!r} is not a class of {args.data}.{hint} "
                                     f"The classes are: {', '.join(ds.classes)}.")
     model = model_from_args(args)
-    templates, origin = templates_from_args(args)
+    templates, origin = templates_from_args(args, model=model, classes=ds.classes)
     present, group_info = None, {}
     if args.groups_from:
         present, args.spurious_feature, group_info = discovered_groups(

@@ -34,7 +34,7 @@ from ravl.report.html import write_report
 from ravl.training.loop import FinetuneConfig
 from ravl.training.options import check_precision
 from ravl.utils.io import atomic_write_json
-from ravl.zeroshot import read_templates
+from ravl.zeroshot import templates_from_spec
 
 DESCRIPTION = ("fine-tune again so the model stops relying on the discovered feature (RaVL Stage 2), resumable. "
                "Labels the fine-tuning regions with the audited checkpoint and discovery.json, then fine-tunes from "
@@ -75,10 +75,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--trainable", default=None, choices=list(TRAINABLE),
                         help="train every parameter, or the image tower's final projection only (default: the "
                              "method's: 'image-projection' for cfr, as its authors do, else 'all')")
-    parser.add_argument("--templates", default=None,
-                        help="text file with one prompt template per line containing '{}' for the class text of the "
-                             "losses and the before/after evaluation (default: the templates discovery scored with, "
-                             "recorded in discovery.json)")
+    parser.add_argument("--templates", default=None, metavar="SET|FILE",
+                        help="prompt templates of the class text of the losses and the before/after evaluation: a "
+                             "named set (generic, digits, imagenet) or a text file with one template per line "
+                             "containing '{}' (default: the templates discovery scored with, recorded in "
+                             "discovery.json)")
     add_recipe_arguments(parser, title="fine-tuning (default: the audited checkpoint's recorded values)")
     parser.add_argument("--no-resume", action="store_true", help="ignore and overwrite an existing resume state")
     parser.add_argument("--allow-data-change", action="store_true",
@@ -195,7 +196,7 @@ def run(args) -> int:
     opts = MitigationOptions(features=parse_features(args.features), min_gap_ratio=args.min_gap_ratio,
                              assignment_quantile=parse_quantile(args.assignment_quantile),
                              region_mode=args.region_mode,
-                             templates=read_templates(args.templates) if args.templates else None,
+                             templates=templates_from_spec(args.templates) if args.templates else None,
                              trainable=args.trainable)
     train = data_from_args(args, args.data)
     res = mitigate(args.checkpoint, train, args.discovery, out_dir=args.out, method=args.method, start=args.start,

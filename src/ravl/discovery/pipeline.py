@@ -19,7 +19,7 @@ from ravl.discovery.core import discover
 from ravl.models.base import check_model
 from ravl.models.regions import DEFAULT_REGION_MODE, embed_images, embed_regions
 from ravl.utils.io import atomic_write
-from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
+from ravl.zeroshot import default_templates, zero_shot_classify
 
 __all__ = ["DiscoveryInputs", "discovery_inputs", "discover_from_model"]
 
@@ -106,7 +106,7 @@ def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequ
         dataset: A :class:`~ravl.data.RegionDataset` with a ``label`` on every row.
         split: The split to use (the evaluation ``val`` split by default; ``None`` for all).
         classes: Class names (default: the dataset's).
-        templates: Prompt templates (default :data:`ravl.zeroshot.DEFAULT_TEMPLATES`).
+        templates: Prompt templates (default: :func:`ravl.zeroshot.default_templates`).
         region_mode: Region embedding mode (default :data:`ravl.models.regions.DEFAULT_REGION_MODE`).
         batch_size: Images per forward pass.
         progress: Show progress bars.
@@ -116,7 +116,7 @@ def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequ
     classes = tuple(ds.classes)
     labels = ds.label_indices
     mode = region_mode or DEFAULT_REGION_MODE
-    templates = tuple(DEFAULT_TEMPLATES if templates is None else templates)
+    templates = tuple(default_templates(model, classes) if templates is None else templates)
     img_emb = embed_images(model, ds, batch_size=batch_size, progress=progress)
     reg_emb = embed_regions(model, ds, mode=mode, batch_size=batch_size, progress=progress)
     img = zero_shot_classify(model, img_emb, classes, templates=templates)

@@ -24,7 +24,7 @@ from ravl.mitigation.labelling import label_regions
 from ravl.models.base import check_model
 from ravl.models.regions import DEFAULT_REGION_MODE
 from ravl.utils.validation import check_float
-from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
+from ravl.zeroshot import default_templates, zero_shot_classify
 
 __all__ = [
     "GroupAccuracy",
@@ -188,7 +188,7 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
         dataset: A :class:`~ravl.data.RegionDataset` with ``label`` on every row.
         split: Split to evaluate (``None``: every row).
         classes: Class names (default: the dataset's classes).
-        templates: Prompt templates (default :data:`ravl.zeroshot.DEFAULT_TEMPLATES`).
+        templates: Prompt templates (default: :func:`ravl.zeroshot.default_templates`).
         spurious_feature: Region attribute that marks the spurious feature. Default: inferred
             when the ``region_attributes`` hold exactly one value that is neither a class name
             nor ``"empty"``.
@@ -208,7 +208,7 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
     ds = check_dataset(dataset, "evaluate").labelled_split(split, classes=classes or None, purpose="evaluation")
     classes = tuple(ds.classes)
     labels = ds.label_indices
-    templates = tuple(templates or DEFAULT_TEMPLATES)
+    templates = tuple(templates or default_templates(model, classes))
 
     has_attr = all(r.region_attributes is not None for r in ds.records)
     present = None

@@ -20,7 +20,7 @@ from ravl.discovery.pipeline import discover_from_model
 from ravl.discovery.result import DiscoveryResult
 from ravl.exceptions import InvalidParameterError
 from ravl.mitigation.labelling import discovery_dataset
-from ravl.zeroshot import DEFAULT_TEMPLATES, zero_shot_classify
+from ravl.zeroshot import default_templates, zero_shot_classify
 
 __all__ = ["feature_presence", "feature_table", "verify_mitigation"]
 
@@ -96,11 +96,11 @@ def verify_mitigation(before_model, after_model, discovery: DiscoveryResult | st
         discovery = DiscoveryResult.from_json(discovery)
     ds = discovery_dataset(discovery, eval_dataset, allow_data_change=allow_data_change).labelled_split(None, classes=list(discovery.classes) or None,
                                                                    purpose="the verify step")
-    templates = tuple(templates or discovery.meta.get("templates") or DEFAULT_TEMPLATES)
     table = ds.region_table()
     presence = feature_presence(discovery, table.image_index, len(ds))
     labels = ds.label_indices
     classes = list(ds.classes)
+    templates = tuple(templates or discovery.meta.get("templates") or default_templates(before_model, classes))
     preds = {which: zero_shot_classify(m, ds, classes, templates=templates, progress=progress).predictions
              for which, m in (("before", before_model), ("after", after_model))}
     feats = []

@@ -56,7 +56,7 @@ from ravl.training.options import check_precision
 from ravl.utils.io import atomic_write_json
 from ravl.utils.outputs import locks_output
 from ravl.utils.validation import check_choice, check_float
-from ravl.zeroshot import DEFAULT_TEMPLATES, check_templates
+from ravl.zeroshot import check_templates, default_templates
 
 __all__ = ["STARTS", "MitigationOptions", "MitigationResult", "mitigate", "load_init_model", "resolve_templates",
            "set_trainable"]
@@ -202,13 +202,14 @@ def load_init_model(init: dict[str, Any], *, device: str | None = None):
     return load_model(init["model"], checkpoint=init.get("checkpoint"), device=device, **kwargs)
 
 
-def resolve_templates(options: MitigationOptions, discovery, checkpoint_templates: Sequence[str] | None = None
-                      ) -> tuple[tuple[str, ...], str]:
+def resolve_templates(options: MitigationOptions, discovery, checkpoint_templates: Sequence[str] | None = None, *,
+                      model: Any = None, classes: Sequence[str] | None = None) -> tuple[tuple[str, ...], str]:
     """The prompt templates of the class text, and where they came from.
 
     ``options.templates``, else the ones discovery scored with (``discovery.meta["templates"]``,
     the classifier it judged), else the templates the audited checkpoint recorded (mined from its
-    training captions by :func:`ravl.finetune`), else :data:`ravl.zeroshot.DEFAULT_TEMPLATES`.
+    training captions by :func:`ravl.finetune`), else :func:`ravl.zeroshot.default_templates` of
+    ``model`` and ``classes``.
     """
     if options.templates:
         return tuple(options.templates), "given"
@@ -217,7 +218,7 @@ def resolve_templates(options: MitigationOptions, discovery, checkpoint_template
         return tuple(recorded), "discovery"
     if checkpoint_templates:
         return tuple(checkpoint_templates), "checkpoint"
-    return tuple(DEFAULT_TEMPLATES), "default"
+    return tuple(default_templates(model, classes)), "default"
 
 
 def set_trainable(model, trainable: str) -> int:
@@ -373,6 +374,8 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
     # The class text is the zero-shot classifier discovery judged: its templates unless given.
     templates, template_source = resolve_templates(opts, discovery,
                                                    (ck_cfg.get("templates") or {}).get("templates"))
+    if template_source == "default":  # the model's default set (e.g. ImageNet-style for pretrained CLIPs)
+        templates = default_templates(load_audited(), list(train.classes))
     region_mode = opts.region_mode or (labelling.region_mode if labelling is not None else DEFAULT_REGION_MODE)
 
     # 2. The method's objective and data order.
