@@ -25,6 +25,8 @@ def _disc(cat_env, out, *extra):
     (["--method", "domno"], r"Unknown discovery method 'domno'.*Did you mean 'domino'"),
     (["--regions", "grid:0x3"], r"--regions: Invalid region source 'grid:0x3'"),
     (["--split", "vla"], r"--split: invalid choice: 'vla'"),
+    (["--ray-workers", "2"], r"--ray-workers need --backend ray"),
+    (["--backend", "ray", "--shard-batches", "0"], r"--shard-batches must be an int in \[1, inf\)"),
 ])
 def test_discover_usage_mistakes_before_any_work(cat_env, tmp_path, extra, pattern):
     expect(_disc(cat_env, tmp_path / "d", *extra), 2, pattern)
@@ -142,6 +144,8 @@ def test_discovery_classes_that_do_not_fit_the_data(cat_env, hand_disc, tmp_path
     (["--eta", "0.1"], 2, r"--eta is an option of method\(s\) vl-gdro"),
     (["--method", "ravel"], 2, r"invalid choice: 'ravel'"),
     (["--init", "x", "--init-seed", "1"], 2, r"not both"),
+    (["--gpus-per-worker", "1"], 2, r"--gpus-per-worker need --backend ray"),
+    (["--precision", "fp16", "--device", "cpu"], 2, r"--precision fp16 needs a CUDA device"),
 ])
 def test_mitigate_usage_mistakes(cat_env, hand_disc, tmp_path, extra, code, pattern):
     expect(_mit(cat_env, hand_disc, tmp_path / "out", *extra), code, pattern)

@@ -18,3 +18,18 @@ def test_discover_writes_json_and_report(small_setting, trained_tiny, tmp_path, 
         assert all({"file_name", "box", "region_index"} <= set(r) for r in f["regions"])
     assert (out / "report.html").exists()
     assert "wrote" in capsys.readouterr().out
+
+
+def test_discover_on_ray_workers_writes_the_serial_discovery(small_setting, trained_tiny, tmp_path):
+    import pytest
+    import torch
+
+    pytest.importorskip("ray")  # the test extra installs it: CI runs this
+    _, ckpt = trained_tiny
+    common = ["discover", "--checkpoint", str(ckpt), "--data", str(small_setting.eval_dir), "--quiet", "--no-report",
+              "--k-max", "22"]
+    assert main([*common, "--out", str(tmp_path / "serial")]) == 0
+    # two Ray workers with this process's thread count embed the same bits, so discovery is the same
+    assert main([*common, "--out", str(tmp_path / "ray"), "--backend", "ray", "--ray-workers", "2",
+                 "--threads-per-worker", str(torch.get_num_threads()), "--shard-batches", "1"]) == 0
+    assert (tmp_path / "ray" / "discovery.json").read_bytes() == (tmp_path / "serial" / "discovery.json").read_bytes()

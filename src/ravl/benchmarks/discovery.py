@@ -17,7 +17,7 @@ Work folder layout::
 Everything is cached under the work folder and every setting's rows are appended to
 ``results.jsonl`` as soon as the setting finishes, so an interrupted run resumes where it stopped
 and a finished (setting, method) row is never recomputed. Settings run serially or as Ray tasks
-(:mod:`ravl.benchmarks.backends`); each setting fixes its own thread counts
+(:mod:`ravl.utils.tasks`); each setting fixes its own thread counts
 (:attr:`BenchmarkConfig.threads`), so ``results.jsonl`` is byte-identical whichever backend ran it.
 """
 
@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from ravl.benchmarks.backends import run_tasks
 from ravl.benchmarks.grid import (
     SettingSpec,
     append_jsonl,
@@ -66,6 +65,7 @@ from ravl.models.base import load_model
 from ravl.training.loop import STATE_FILE, FinetuneConfig, finetune
 from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
 from ravl.utils.outputs import output_lock
+from ravl.utils.tasks import run_tasks
 from ravl.utils.validation import check_float, check_int
 
 __all__ = ["SettingSpec", "BenchmarkConfig", "GridPreset", "GRID_PRESETS", "DEFAULT_METHODS", "SettingResult",
@@ -350,7 +350,7 @@ def _compute_setting(spec: SettingSpec, work: Path, config: BenchmarkConfig,
 
 @dataclass(frozen=True)
 class _SettingTask:
-    """One unit of work for :func:`ravl.benchmarks.backends.run_tasks` (picklable)."""
+    """One unit of work for :func:`ravl.utils.tasks.run_tasks` (picklable)."""
 
     spec: SettingSpec
     work_dir: str
@@ -388,7 +388,7 @@ def run_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLike, config: 
         config: Shared sizes and budget; a folder holds the runs of one configuration.
         methods: Registered discovery method names, in the order rows are written.
         progress: Progress bar over settings.
-        backend: ``"serial"`` or ``"ray"`` (see :func:`ravl.benchmarks.backends.run_tasks`).
+        backend: ``"serial"`` or ``"ray"`` (see :func:`ravl.utils.tasks.run_tasks`).
         num_workers: Ray: settings run at once (default: CPUs / ``config.threads``).
         ray_address: Ray: address of an existing cluster (default: a private local instance).
 

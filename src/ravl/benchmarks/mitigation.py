@@ -29,7 +29,7 @@ Work folder layout::
 
 Every step is cached and every training run is resumable, so an interrupted benchmark resumes
 where it stopped; a finished (setting, method) row is never recomputed. Settings run serially or
-as Ray tasks (:mod:`ravl.benchmarks.backends`) with identical results.
+as Ray tasks (:mod:`ravl.utils.tasks`) with identical results.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ravl.benchmarks.backends import run_tasks
 from ravl.benchmarks.grid import (
     SettingSpec,
     append_jsonl,
@@ -71,6 +70,7 @@ from ravl.models.regions import DEFAULT_REGION_MODE
 from ravl.training.loop import FinetuneConfig, finetune
 from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
 from ravl.utils.outputs import locks_output
+from ravl.utils.tasks import run_tasks
 from ravl.utils.validation import check_float, check_int
 
 __all__ = ["CONTINUE_SUFFIX", "benchmark_methods", "default_benchmark_methods", "check_benchmark_method",
@@ -383,7 +383,7 @@ def run_mitigation_grid(specs: Sequence[SettingSpec], work_dir: str | os.PathLik
         config: Sizes, recipe and options.
         methods: Registered mitigation methods and ``NAME-continue`` variants
             (default: :func:`default_benchmark_methods`).
-        backend: ``"serial"`` or ``"ray"`` (:func:`ravl.benchmarks.backends.run_tasks`).
+        backend: ``"serial"`` or ``"ray"`` (:func:`ravl.utils.tasks.run_tasks`).
         num_workers: Ray: settings at once (default: CPUs / ``config.threads``).
         ray_address: Ray: an existing cluster's address (default: a private local Ray).
         progress: Progress bar over settings.

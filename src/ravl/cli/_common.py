@@ -16,6 +16,7 @@ from ravl.exceptions import InvalidParameterError
 from ravl.mitigation.labelling import FEATURE_CHOICES
 from ravl.models import load_model
 from ravl.models.checkpoint import is_checkpoint, read_checkpoint_config
+from ravl.models.sharded import Sharding
 from ravl.training.options import FREEZE, PRECISIONS
 from ravl.utils.io import atomic_write_json
 from ravl.utils.outputs import check_output_dir, check_output_file
@@ -124,6 +125,45 @@ def recipe_overrides(args) -> dict[str, Any]:
     if getattr(args, "val_split", None) is not None:
         over["val_split"] = None if str(args.val_split).lower() == "none" else args.val_split
     return over
+
+
+def add_sharding_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend serial|ray`` and the Ray options of sharded embedding extraction."""
+    g = parser.add_argument_group("embedding on a Ray cluster (results identical to the serial run)")
+    g.add_argument("--backend", choices=["serial", "ray"], default="serial",
+                   help="'ray': embed images and regions in shards as Ray tasks, each loading the model from the "
+                        "checkpoint (same path on every node)")
+    g.add_argument("--ray-address", default=None,
+                   help="existing Ray cluster ('auto', HOST:PORT or ray://HOST:PORT); default: a local Ray")
+    g.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="shards embedded at once (default: the cluster's CPUs, or GPUs with --gpus-per-worker)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                   help="GPUs each Ray task reserves; such tasks embed on cuda (default 0: CPU tasks)")
+    g.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
+                   help="CPUs (torch threads) each Ray task reserves")
+    g.add_argument("--shard-batches", type=int, default=32, metavar="N",
+                   help="batches per shard (each shard loads the model once)")
+
+
+def sharding_from_args(args) -> Sharding | None:
+    """The :class:`~ravl.models.sharded.Sharding` the flags ask for (``None``: plain serial)."""
+    if args.backend == "serial":
+        given = [f for f, v in (("--ray-address", args.ray_address), ("--ray-workers", args.ray_workers),
+                                ("--gpus-per-worker", args.gpus_per_worker)) if v]
+        if given:
+            raise InvalidParameterError(f"{', '.join(given)} need --backend ray.")
+        return None
+    try:
+        return Sharding(backend="ray", num_workers=args.ray_workers, ray_address=args.ray_address,
+                        shard_batches=args.shard_batches, gpus_per_worker=args.gpus_per_worker,
+                        threads_per_worker=args.threads_per_worker)
+    except InvalidParameterError as exc:
+        flags = {"num_workers": "--ray-workers", "shard_batches": "--shard-batches",
+                 "gpus_per_worker": "--gpus-per-worker", "threads_per_worker": "--threads-per-worker"}
+        text = str(exc)
+        for k, flag in flags.items():
+            text = text.replace(f"The '{k}' parameter of Sharding", flag)
+        raise InvalidParameterError(text) from None
 
 
 def add_data_class_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,12 +16,14 @@ from ravl.cli._common import (
     add_data_class_arguments,
     add_model_arguments,
     add_region_arguments,
+    add_sharding_arguments,
     data_from_args,
     fmt,
     model_from_args,
     out_dir_arg,
     parse_features,
     region_meta,
+    sharding_from_args,
     templates_from_args,
     write_json,
 )
@@ -57,11 +59,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the clustering")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_region_arguments(parser)
+    add_sharding_arguments(parser)
 
 
 def run(args) -> int:
     split = None if args.split == "all" else args.split
     features = parse_features(args.features)
+    sharding_from_args(args)  # Ray flags checked before any work
     out = check_output_dir(args.out)
     with output_lock(out, "ravl audit"):
         page = _audit(args, split, features, out)

@@ -11,12 +11,14 @@ from ravl.cli._common import (
     add_data_class_arguments,
     add_model_arguments,
     add_region_arguments,
+    add_sharding_arguments,
     data_from_args,
     fmt,
     model_from_args,
     out_dir_arg,
     print_table,
     region_meta,
+    sharding_from_args,
     templates_from_args,
 )
 from ravl.discovery.metrics import precision_at_k
@@ -43,6 +45,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--region-mode", default=None, choices=list(REGION_MODES),
                         help="how regions are embedded (default: masked)")
     add_region_arguments(parser)
+    add_sharding_arguments(parser)
     parser.add_argument("--method", default="ravl", metavar="NAME",
                         help="discovery method from the registry (default ravl; e.g. ravl_gap_only, random, "
                              "distilling_failures, george, domino, spurious_aware, NAME_region for the "
@@ -83,7 +86,7 @@ def print_discovery(result, truth_p10: list[float] | None = None, max_features: 
 def discovery_result(args, model, ds, split, templates, template_origin, method):
     """Run ``--method`` on ``ds`` (RaVL's knobs for RaVL and its ablations); ``(result dict, inputs)``."""
     inputs = discovery_inputs(model, ds, split=split, templates=templates, region_mode=args.region_mode,
-                              progress=not args.quiet)
+                              progress=not args.quiet, sharding=sharding_from_args(args))
     meta = {"model": model.name, "checkpoint": args.checkpoint, "data": str(Path(args.data).resolve()),
             "split": split, "region_mode": inputs.region_mode, "method": args.method,
             "templates": list(inputs.templates), "template_source": template_origin, **region_meta(ds, args),
@@ -133,6 +136,7 @@ def check_truth(truth: str | None, ds, split) -> None:
 def run(args) -> int:
     method = get_discovery_method(args.method)  # unknown name: error listing the registered ones, before any work
     check_cluster_range(args)
+    sharding_from_args(args)  # Ray flags checked before any work
     split = None if args.split == "all" else args.split
     out = check_output_dir(args.out)
     with output_lock(out, "ravl discover"):

@@ -9,6 +9,7 @@ from ravl.cli._common import (
     add_model_arguments,
     add_recipe_arguments,
     add_region_arguments,
+    add_sharding_arguments,
     data_from_args,
     fmt,
     out_dir_arg,
@@ -17,6 +18,7 @@ from ravl.cli._common import (
     print_table,
     recipe_overrides,
     resolve_device,
+    sharding_from_args,
 )
 from ravl.cli._methods import add_method_arguments, method_configs_from_args
 from ravl.data.dataset import load_dataset
@@ -92,6 +94,7 @@ def add_arguments(parser) -> None:
                              "mitigated model)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_region_arguments(parser)
+    add_sharding_arguments(parser)
     add_method_arguments(parser)
 
 
@@ -179,6 +182,7 @@ def run(args) -> int:
     if not args.checkpoint:
         raise InvalidParameterError("--checkpoint is required: the audited checkpoint folder that discovery examined")
     method_config = method_configs_from_args(args, [args.method]).get(args.method)
+    sharding = sharding_from_args(args)
     progress = not args.quiet
     device = resolve_device(args.device)
     ck = read_checkpoint_config(args.checkpoint)
@@ -203,7 +207,7 @@ def run(args) -> int:
                    config=cfg, options=opts, method_config=method_config, model_name=name, init=init,
                    eval_dataset=args.discovery_data, device=device, resume=not args.no_resume,
                    allow_data_change=args.allow_data_change, allow_empty_labelling=args.allow_empty_labelling,
-                   progress=progress, workers=args.workers)
+                   progress=progress, workers=args.workers, sharding=sharding)
 
     lab = res.labelling
     if lab:

@@ -17,7 +17,8 @@ import numpy as np
 from ravl.data.dataset import check_dataset
 from ravl.discovery.core import discover
 from ravl.models.base import check_model
-from ravl.models.regions import DEFAULT_REGION_MODE, embed_images, embed_regions
+from ravl.models.regions import DEFAULT_REGION_MODE
+from ravl.models.sharded import Sharding, embed_images_sharded, embed_regions_sharded
 from ravl.utils.io import atomic_write
 from ravl.zeroshot import default_templates, zero_shot_classify
 
@@ -98,7 +99,8 @@ class DiscoveryInputs:
 
 def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequence[str] | None = None,
                      templates: Sequence[str] | None = None, region_mode: str | None = None,
-                     batch_size: int = 128, progress: bool = True) -> DiscoveryInputs:
+                     batch_size: int = 128, progress: bool = True, sharding: Sharding | None = None
+                     ) -> DiscoveryInputs:
     """Embed and score every image and region of ``dataset`` (one split) for discovery.
 
     Args:
@@ -110,6 +112,8 @@ def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequ
         region_mode: Region embedding mode (default :data:`ravl.models.regions.DEFAULT_REGION_MODE`).
         batch_size: Images per forward pass.
         progress: Show progress bars.
+        sharding: Spread the embedding over processes or a Ray cluster
+            (:class:`~ravl.models.sharded.Sharding`; the embeddings are the serial run's).
     """
     check_model(model, "discovery_inputs")
     ds = check_dataset(dataset, "discovery_inputs").labelled_split(split, classes=classes, purpose="discovery")
@@ -117,8 +121,9 @@ def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequ
     labels = ds.label_indices
     mode = region_mode or DEFAULT_REGION_MODE
     templates = tuple(default_templates(model, classes) if templates is None else templates)
-    img_emb = embed_images(model, ds, batch_size=batch_size, progress=progress)
-    reg_emb = embed_regions(model, ds, mode=mode, batch_size=batch_size, progress=progress)
+    img_emb = embed_images_sharded(model, ds, sharding=sharding, batch_size=batch_size, progress=progress)
+    reg_emb = embed_regions_sharded(model, ds, mode=mode, sharding=sharding, batch_size=batch_size,
+                                    progress=progress)
     img = zero_shot_classify(model, img_emb, classes, templates=templates)
     reg = zero_shot_classify(model, reg_emb, classes, templates=templates)
     table = ds.region_table()
@@ -134,14 +139,16 @@ def discovery_inputs(model, dataset, *, split: str | None = "val", classes: Sequ
 
 def discover_from_model(model, dataset, *, split: str | None = "val", classes: Sequence[str] | None = None,
                         templates: Sequence[str] | None = None, region_mode: str | None = None,
-                        batch_size: int = 128, progress: bool = True, **discover_kwargs: Any):
+                        batch_size: int = 128, progress: bool = True, sharding: Sharding | None = None,
+                        **discover_kwargs: Any):
     """Run RaVL discovery for ``model`` on a dataset split; returns a :class:`ravl.DiscoveryResult`.
 
     Keyword arguments beyond the ones listed in :func:`discovery_inputs` go to
     :func:`ravl.discover` (thresholds, K range, scoring ablation, ``random_state``...).
     """
     inputs = discovery_inputs(model, dataset, split=split, classes=classes, templates=templates,
-                              region_mode=region_mode, batch_size=batch_size, progress=progress)
+                              region_mode=region_mode, batch_size=batch_size, progress=progress,
+                              sharding=sharding)
     return discover_on_inputs(inputs, progress=progress, **discover_kwargs)
 
 

@@ -258,7 +258,7 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
              init: dict[str, Any] | None = None, labelling: RegionLabelling | None = None,
              eval_dataset: Any = None, device: str | None = None, resume: bool = True,
              allow_data_change: bool = False, allow_empty_labelling: bool = False,
-             progress: bool = True, workers: int = 0) -> MitigationResult:
+             progress: bool = True, workers: int = 0, sharding: Any = None) -> MitigationResult:
     """Fine-tune again with a mitigation method, using the regions discovery flagged.
 
     Args:
@@ -291,6 +291,8 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
         progress: Show progress bars.
         workers: Image-loading processes of the fine-tuning (``0``: this process); results do
             not depend on it.
+        sharding: Spread the labelling's region embedding over a Ray cluster
+            (:class:`~ravl.models.sharded.Sharding`); results do not depend on it.
 
     Returns:
         A :class:`MitigationResult` (also written to ``out_dir/mitigation.json``).
@@ -353,7 +355,7 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
                                   region_mode=opts.region_mode, split=config.train_split,
                                   eval_dataset=eval_dataset, min_gap_ratio=opts.min_gap_ratio,
                                   assignment_quantile=opts.assignment_quantile,
-                                  allow_data_change=allow_data_change, progress=progress)
+                                  allow_data_change=allow_data_change, progress=progress, sharding=sharding)
     if labelling is not None:
         if not isinstance(labelling, RegionLabelling):
             raise InvalidParameterError(f"The 'labelling' parameter of {caller} must be a RegionLabelling.")

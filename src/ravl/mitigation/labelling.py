@@ -40,6 +40,7 @@ from ravl.exceptions import DatasetError, InvalidParameterError
 from ravl.mitigation.groups import class_feature_groups
 from ravl.models.base import check_model
 from ravl.models.regions import DEFAULT_REGION_MODE, REGION_MODES, embed_regions
+from ravl.models.sharded import Sharding, embed_regions_sharded
 from ravl.utils.validation import check_choice, check_float, check_int
 
 __all__ = ["RegionLabels", "FEATURE_CHOICES", "DEFAULT_MIN_GAP_RATIO", "DEFAULT_ASSIGNMENT_QUANTILE", "MIN_MEMBERS_FOR_THRESHOLD",
@@ -536,7 +537,8 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
                   eval_dataset: Any = None, truth: str | None = None, batch_size: int = 128,
                   min_gap_ratio: float = DEFAULT_MIN_GAP_RATIO,
                   assignment_quantile: float | None = DEFAULT_ASSIGNMENT_QUANTILE,
-                  allow_data_change: bool = False, progress: bool = True) -> RegionLabelling:
+                  allow_data_change: bool = False, progress: bool = True, sharding: Sharding | None = None
+                  ) -> RegionLabelling:
     """Label every region of the fine-tuning split as spurious or candidate core (docs/algorithm.md §4).
 
     Args:
@@ -567,6 +569,8 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
         allow_data_change: Accept a discovery split whose content changed since discovery (see
             :func:`discovery_dataset`).
         progress: Show progress bars.
+        sharding: Spread the region embedding over a Ray cluster
+            (:class:`~ravl.models.sharded.Sharding`); the labels are the serial run's.
 
     Returns:
         A :class:`RegionLabelling`.
@@ -611,7 +615,7 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
         raise InvalidParameterError(f"Feature cluster {max(spurious_clusters)} has no medoid (K = {medoids.shape[0]}).")
 
     table = ds.region_table()
-    emb = embed_regions(model, ds, mode=mode, batch_size=batch_size, progress=progress)
+    emb = embed_regions_sharded(model, ds, mode=mode, sharding=sharding, batch_size=batch_size, progress=progress)
     clusters, sims = assign_to_medoids(emb, medoids)
     spurious, thresholds, n_outside = spurious_assignment(clusters, sims, chosen, assignment_quantile)
     size = np.array([[r.width, r.height, r.width, r.height] for r in ds.records], dtype=np.float64)

@@ -1,10 +1,11 @@
-"""Execution backends for benchmark grids: run one plain function over many tasks.
+"""Execution backends: run one plain function over many tasks, in this process or on a Ray cluster.
 
-A grid runner (the discovery grid of :mod:`ravl.evaluation.benchmark`, or any other grid whose
-per-setting work is a top-level function) hands :func:`run_tasks` a function and a list of
-tasks and consumes ``(task, result)`` pairs as they complete::
+The benchmark grids (:mod:`ravl.benchmarks`) run one setting per task; sharded embedding
+extraction (:mod:`ravl.models.sharded`) one shard of images per task. A caller hands
+:func:`run_tasks` a function and a list of tasks and consumes ``(task, result)`` pairs as they
+complete::
 
-    from ravl.evaluation.backends import run_tasks
+    from ravl.utils.tasks import run_tasks
 
     for task, result in run_tasks(run_one_setting, tasks, backend="ray", num_workers=4, threads=1):
         append_rows(result)        # in completion order; sort afterwards for a canonical file
@@ -34,7 +35,7 @@ from typing import Any, TypeVar
 from ravl.exceptions import InvalidParameterError
 from ravl.utils.optional import require
 from ravl.utils.progress import progress as bar
-from ravl.utils.validation import check_choice, check_int
+from ravl.utils.validation import check_choice, check_float, check_int
 
 __all__ = ["BACKENDS", "run_tasks"]
 
@@ -53,8 +54,8 @@ def _call(fn: Callable[[Any], Any], task: Any) -> Any:
 
 
 def run_tasks(fn: Callable[[T], R], tasks: Iterable[T], *, backend: str = "serial", num_workers: int | None = None,
-              ray_address: str | None = None, threads: int | None = None, progress: bool = True,
-              desc: str = "tasks") -> Iterator[tuple[T, R]]:
+              ray_address: str | None = None, threads: int | None = None, gpus: float = 0,
+              progress: bool = True, desc: str = "tasks") -> Iterator[tuple[T, R]]:
     """Run ``fn(task)`` for every task, serially or as Ray tasks; yield ``(task, result)`` as they finish.
 
     Args:
@@ -72,6 +73,8 @@ def run_tasks(fn: Callable[[T], R], tasks: Iterable[T], *, backend: str = "seria
         threads: CPUs reserved per task (Ray's ``num_cpus``, which also sets the worker's
             ``OMP_NUM_THREADS``); default 1. ``fn`` still sets its own thread counts: this only
             tells the scheduler how many tasks fit on a machine.
+        gpus: Ray only: GPUs reserved per task (Ray's ``num_gpus``; Ray sets the task's
+            ``CUDA_VISIBLE_DEVICES``). ``0`` (default): CPU tasks.
         progress: Show a progress bar over tasks (``RAVL_PROGRESS=0`` silences it too).
         desc: Label of the progress bar.
 
@@ -88,6 +91,7 @@ def run_tasks(fn: Callable[[T], R], tasks: Iterable[T], *, backend: str = "seria
         check_int(num_workers, "num_workers", "run_tasks", low=1)
     if threads is not None:
         check_int(threads, "threads", "run_tasks", low=1)
+    check_float(gpus, "gpus", "run_tasks", low=0)
     if not callable(fn):
         raise InvalidParameterError(f"The 'fn' parameter of run_tasks must be callable. Got {fn!r} instead.")
     if backend == "serial" and ray_address is not None:
@@ -97,7 +101,7 @@ def run_tasks(fn: Callable[[T], R], tasks: Iterable[T], *, backend: str = "seria
     if backend == "serial":
         return _run_serial(fn, tasks, progress=progress, desc=desc)
     return _run_ray(fn, tasks, num_workers=num_workers, ray_address=ray_address, threads=threads or 1,
-                    progress=progress, desc=desc)
+                    gpus=float(gpus), progress=progress, desc=desc)
 
 
 def _bar(total: int, progress: bool, desc: str):
@@ -113,8 +117,8 @@ def _run_serial(fn, tasks: list, *, progress: bool, desc: str) -> Iterator[tuple
 
 
 def _run_ray(fn, tasks: list, *, num_workers: int | None, ray_address: str | None, threads: int,
-             progress: bool, desc: str) -> Iterator[tuple[Any, Any]]:
-    ray = require("ray", extra="ray", purpose="the Ray benchmark backend")
+             gpus: float, progress: bool, desc: str) -> Iterator[tuple[Any, Any]]:
+    ray = require("ray", extra="ray", purpose="the Ray backend")
     if not tasks:
         return
     started = False
@@ -123,7 +127,7 @@ def _run_ray(fn, tasks: list, *, num_workers: int | None, ray_address: str | Non
         if ray_address is None:
             workers = num_workers or max(1, (os.cpu_count() or 1) // threads)
             # address="local": always a private instance, never a cluster found through RAY_ADDRESS.
-            ray.init(address="local", num_cpus=workers * threads, **kw)
+            ray.init(address="local", num_cpus=workers * threads, **kw)  # GPUs: Ray detects them
         else:
             ray.init(address=ray_address, **kw)
         started = True
@@ -132,8 +136,11 @@ def _run_ray(fn, tasks: list, *, num_workers: int | None, ray_address: str | Non
     pending: dict[Any, Any] = {}
     try:
         if num_workers is None:
-            num_workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
-        remote = ray.remote(num_cpus=threads, max_retries=0)(_call)
+            res = ray.cluster_resources()
+            num_workers = max(1, int(res.get("CPU", 1)) // threads)
+            if gpus:
+                num_workers = min(num_workers, max(1, int(res.get("GPU", 0) // gpus)))
+        remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(_call)
         fn_ref = ray.put(fn)
         queue = iter(tasks)
 

@@ -1,4 +1,4 @@
-"""ravl.benchmarks.backends: the serial backend, argument checks, and Ray only where it is installed."""
+"""ravl.utils.tasks: the serial backend, argument checks, and Ray only where it is installed."""
 
 import math
 import subprocess
@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from ravl.benchmarks.backends import BACKENDS, run_tasks
 from ravl.exceptions import MissingDependencyError
+from ravl.utils.tasks import BACKENDS, run_tasks
 
 
 def test_serial_runs_every_task_in_order():
@@ -40,7 +40,7 @@ def test_ray_missing_gives_the_install_hint(monkeypatch):
 
 
 def test_benchmark_modules_do_not_import_ray():
-    code = ("import sys, ravl, ravl.benchmarks.backends, ravl.benchmarks.discovery\n"
+    code = ("import sys, ravl, ravl.utils.tasks, ravl.benchmarks.discovery\n"
             "from ravl.cli import build_parser\n"
             "build_parser().parse_args(['benchmark', 'discover', '--backend', 'ray'])\n"
             "print([m for m in ('ray', 'umap') if m in sys.modules])\n")
