@@ -43,6 +43,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("benchmark", "ravl.cli.benchmark",
      "run a benchmark grid (discover: settings x methods -> Precision@10 tables and plot; mitigate: Stage 1 then "
      "every mitigation method -> Table 3)"),
+    ("export", "ravl.cli.export",
+     "write a ravl checkpoint in its backend's own format (open_clip weights, Hugging Face save_pretrained)"),
     ("convert", "ravl.cli.convert", "convert another dataset format (COCO) into ravl's dataset folder format"),
     ("validate", "ravl.cli.validate", "check a dataset folder (metadata.jsonl + images) and report every problem"),
     ("models", "ravl.cli.models", "list the model names load_model accepts"),

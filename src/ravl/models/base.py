@@ -40,6 +40,7 @@ __all__ = [
     "MODELS",
     "set_load_record",
     "check_model",
+    "export_model",
 ]
 
 
@@ -217,6 +218,31 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device | Non
     """
     name = read_checkpoint_config(path)["model"]
     return load_model(name, checkpoint=checkpoint_dir(path), device=device, **kwargs)
+
+
+def export_model(model_or_checkpoint: Any, out: str | os.PathLike, *, device: str | torch.device | None = None
+                 ) -> dict[str, Any]:
+    """Write a model (or a ravl checkpoint folder) in its backend's own format.
+
+    An open_clip model becomes weights ``open_clip.create_model_and_transforms(ARCH,
+    pretrained=FILE)`` loads (or an open_clip ``local-dir`` folder); a Hugging Face model a
+    ``save_pretrained`` folder ``from_pretrained`` loads. Adapters offer this through an optional
+    ``export(out)`` method returning ``{"path", ...}``.
+
+    Raises:
+        InvalidParameterError: For a model with no other format (the tiny CLIP, whose ravl
+            checkpoint is its only format).
+    """
+    model = model_or_checkpoint
+    if isinstance(model, (str, os.PathLike)):
+        model = load_checkpoint(model, device=device)
+    fn = getattr(model, "export", None)
+    if not callable(fn):
+        raise InvalidParameterError(
+            f"The model {getattr(model, 'name', type(model).__name__)!r} has no other format to export to: its ravl "
+            "checkpoint (model.safetensors + config.json) is what loads it. Export applies to open_clip: and hf: "
+            "models.")
+    return dict(fn(out))
 
 
 def check_model(model: Any, caller: str, param: str = "model") -> Any:
