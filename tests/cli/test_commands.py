@@ -63,12 +63,17 @@ def test_templates_file(small_setting, tmp_path, trained_tiny, capsys):
 
 
 def test_parser_defaults_match_library():
+    from ravl.cli._common import recipe_overrides
+    from ravl.models import load_model
     from ravl.training.loop import FinetuneConfig
 
+    # no recipe flag: the model's default recipe, which for the tiny CLIP is FinetuneConfig()'s
     args = build_parser().parse_args(["finetune", "--data", "d", "--out", "o"])
-    cfg = FinetuneConfig()
-    assert (args.epochs, args.batch_size, args.lr, args.weight_decay) == (cfg.epochs, cfg.batch_size, cfg.lr,
-                                                                           cfg.weight_decay)
+    assert recipe_overrides(args) == {}
+    assert FinetuneConfig.for_model(load_model("tiny")) == FinetuneConfig()
+    args = build_parser().parse_args(["finetune", "--data", "d", "--out", "o", "--lr", "1e-4", "--val-split", "none",
+                                      "--grad-checkpointing"])
+    assert recipe_overrides(args) == {"lr": 1e-4, "val_split": None, "grad_checkpointing": True}
 
 
 def test_plugins_from_entry_points_are_loaded_before_the_parser(monkeypatch, tmp_path, capsys):
