@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from ravl.models import load_model
     from ravl.training.loop import FinetuneConfig, finetune
     from ravl.utils.io import atomic_write_json
-    
+
     rows = []
     for feat in args.features:
         for v in args.strengths:

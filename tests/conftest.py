@@ -8,6 +8,25 @@ import pytest
 
 os.environ.setdefault("RAVL_PROGRESS", "0")
 
+#: Optional dependencies the test extra installs; tests that need one skip where it is missing,
+#: except under RAVL_REQUIRE_OPTIONAL=1 (set by .ci/run), where a missing one fails the run.
+OPTIONAL_MODULES = ("open_clip", "torchvision", "transformers", "ray", "umap", "skimage")
+
+
+def pytest_configure(config):
+    if os.environ.get("RAVL_REQUIRE_OPTIONAL") == "1":
+        import importlib
+
+        missing = []
+        for name in OPTIONAL_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # noqa: BLE001 - any failure to import is a missing dependency here
+                missing.append(f"{name} ({type(exc).__name__}: {exc})")
+        if missing:
+            raise pytest.UsageError("RAVL_REQUIRE_OPTIONAL=1 but these optional dependencies do not import: "
+                                    + "; ".join(missing) + ". Install the test extra: pip install -e '.[test]'")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads():

@@ -1,16 +1,16 @@
 """The model registry, and the protocol battery run over every adapter that builds offline."""
 
-import importlib.util
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from ravl.exceptions import InvalidParameterError, MissingDependencyError, ModelNotFoundError
+from ravl.exceptions import InvalidParameterError, MissingDependencyError, ModelNotFoundError, RavlWarning
 from ravl.models import MODELS, VisionLanguageModel, list_models, load_model, model_info, register_model
 
 OPTIONAL = ("open_clip", "transformers", "torchvision")
@@ -36,6 +36,7 @@ def test_list_models_has_builtin_and_prefixes():
     assert model_info("tiny").extra is None and model_info("tiny").description
     assert model_info("open_clip:RN50") is model_info("open_clip:")
     assert MODELS.describe()["tiny"] == model_info("tiny").description
+    assert model_info("open_clip:").extra == "open-clip" and model_info("hf:").extra == "hf"
 
 
 def test_duplicate_registration_needs_override():
@@ -54,10 +55,13 @@ def test_unknown_name_suggests_close_matches():
         load_model("completely-different")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("open_clip") is not None, reason="open_clip is installed")
-def test_missing_backend_gives_install_hint():
-    with pytest.raises(MissingDependencyError, match=r"pip install 'ravl\[open_clip\]'"):
-        load_model("open_clip:RN50")
+@pytest.mark.parametrize(("name", "module", "extra"), [("open_clip:RN50", "open_clip", "open-clip"),
+                                                      ("hf:/some/folder", "transformers", "hf")])
+def test_missing_backend_gives_install_hint(monkeypatch, name, module, extra):
+    # Hide the backend even where it is installed: None in sys.modules makes its import fail.
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingDependencyError, match=rf"pip install 'ravl\[{extra}\]'"):
+        load_model(name)
 
 
 def test_register_a_new_backend():
@@ -106,13 +110,19 @@ def test_protocol_battery(name, test_instance, tmp_path):
         assert m.logit_scale().ndim == 0 and float(m.logit_scale()) > 0
     img = embed_images(m, images, progress=False)
     boxes = [[[0, 0, w, h]], [[0, 0, 3 * w, h], [0, 0, w, h // 2]]]
+    # The wide image's full box is cut by a centre crop: adapters that crop (map_boxes) must say so.
+    crops = hasattr(m, "map_boxes") and m.map_boxes(np.array([[0, 0, 3 * w, h]], float), (3 * w, h))[1][0] != "inside"
     for mode in REGION_MODES:
         try:
-            reg = embed_regions(m, images, boxes=boxes, mode=mode, progress=False)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                reg = embed_regions(m, images, boxes=boxes, mode=mode, progress=False)
         except NotImplementedError:
             assert mode == "roi"
             continue
         assert reg.shape == (3, m.embed_dim)
+        cut = [c for c in caught if issubclass(c.category, RavlWarning) and "centre crop" in str(c.message)]
+        assert len(cut) == (1 if crops and mode != "crop" else 0), (mode, [str(c.message) for c in caught])
         if mode != "roi":  # a full-image box in masked / crop mode is the image itself
             assert np.allclose(reg[[0, 1]], img, atol=1e-4)
     out = save_checkpoint(m, tmp_path / "ckpt")

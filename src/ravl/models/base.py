@@ -9,8 +9,9 @@ region embedding, fine-tuning and mitigation only call the methods below, so a n
 one adapter class plus a registry entry.
 
 Boxes are always ``[x0, y0, x1, y1]`` in pixels of the *original* image (as stored in
-``metadata.jsonl``); adapters receive them normalised to ``[0, 1]`` by
-:func:`ravl.models.regions.embed_regions`, so any image size works.
+``metadata.jsonl``); adapters receive them normalised to ``[0, 1]`` of their *input* by
+:func:`ravl.models.regions.embed_regions` (through :func:`ravl.models.regions.map_boxes`, which
+uses an adapter's optional ``map_boxes`` when its preprocessing crops), so any image size works.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class VisionLanguageModel(Protocol):
     ``module.named_parameters()``) of the image tower's final projection, for methods that train
     only that layer (CFR's recipe; ``ravl mitigate --trainable image-projection``).
 
+    Optional: ``map_boxes(boxes_px, image_size_wh) -> (boxes_norm, status)``, for adapters whose
+    ``preprocess`` does more than resize the whole image to ``image_size`` (e.g. resize the
+    shortest side and centre-crop): ``boxes_px`` is ``[R, 4]`` pixel boxes of an original image
+    of ``(width, height)``; it returns ``[R, 4]`` boxes normalised to ``[0, 1]`` of the model
+    input, clipped to it, and an ``[R]`` array of ``"inside"`` / ``"clipped"`` / ``"outside"``
+    (see :func:`ravl.models.regions.map_boxes`). Without it, boxes are divided by the image size.
+
     Set by ravl: ``load_record``, the :func:`load_model` arguments that rebuild the current
     weights (``{"model": ..., "checkpoint": ..., **kwargs}``). :func:`ravl.finetune` records it
     in the checkpoint as the run's starting point (what ``ravl mitigate`` restarts from) and then
@@ -87,7 +95,7 @@ class VisionLanguageModel(Protocol):
         Args:
             pixels: Preprocessed images ``[N, 3, H, W]``.
             boxes: ``[R, 5]`` rows ``(image_index, x0, y0, x1, y1)`` with coordinates
-                normalised to ``[0, 1]`` of the image.
+                normalised to ``[0, 1]`` of the model input (``pixels``).
 
         Returns:
             ``[R, D]`` region embeddings (not normalised). Adapters that cannot pool regions

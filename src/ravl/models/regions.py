@@ -8,8 +8,9 @@ Three ways to embed a region (a box ``[x0, y0, x1, y1]`` in pixels of the origin
     so it stays in the distribution the model was trained on.
 ``"roi"``
     One backbone pass per image; the adapter pools the box from its feature map
-    (:meth:`~ravl.models.VisionLanguageModel.encode_roi`, boxes normalised to [0, 1]).
-    Cheapest per region, but features near the box border see outside context.
+    (:meth:`~ravl.models.VisionLanguageModel.encode_roi`, boxes normalised to [0, 1] of the
+    model input by :func:`map_boxes`). Cheapest per region, but features near the box border
+    see outside context.
 ``"crop"``
     The box cut out of the original image and preprocessed (i.e. resized to the model's
     input), then encoded. Small regions get enlarged, which makes them out of distribution
@@ -23,6 +24,17 @@ it used, so results can report it.
 Pixel rule shared by ``masked`` and ``crop``: a pixel belongs to a box when its centre lies
 inside it (``x0 <= u + 0.5 < x1``); a box thinner than one pixel keeps the pixel under its centre.
 
+Box geometry: adapters whose ``preprocess`` does more than squash the image (open_clip and
+Hugging Face CLIPs resize the shortest side and centre-crop) implement the optional
+``map_boxes(boxes_px, image_size_wh)``; :func:`map_boxes` uses it, and falls back to dividing
+by the image size. Every region gets a status: ``"inside"`` (the model sees all of the box),
+``"clipped"`` (the crop cuts part of it off) or ``"outside"`` (the crop removes all of it).
+``masked`` and ``roi`` can only embed what the model sees: a clipped box is embedded as its
+visible part, an outside box gives an embedding without the box's content (a black image in
+``masked`` mode, the nearest border patch or cell in ``roi`` mode). :func:`embed_regions`
+warns (:class:`~ravl.exceptions.RavlWarning`) with the counts and returns the statuses on
+request; ``crop`` cuts the box from the original image and is not affected.
+
 Functions here only call the protocol (``preprocess``, ``encode_image``, ``encode_roi``,
 ``tokenize``, ``encode_text``), so every adapter works unchanged.
 """
@@ -30,7 +42,9 @@ Functions here only call the protocol (``preprocess``, ``encode_image``, ``encod
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -40,7 +54,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ravl.data.dataset import to_rgb
-from ravl.exceptions import InvalidParameterError
+from ravl.exceptions import InvalidParameterError, RavlWarning
 from ravl.utils.progress import progress as _progress
 from ravl.utils.validation import check_choice, check_int
 
@@ -54,7 +68,14 @@ __all__ = [
     "region_pixels",
     "region_batch",
     "box_pixel_bounds",
+    "map_boxes",
+    "BOX_STATUSES",
 ]
+
+logger = logging.getLogger(__name__)
+
+#: Per-region statuses reported by :func:`map_boxes` and :func:`embed_regions`.
+BOX_STATUSES: tuple[str, ...] = ("inside", "clipped", "outside")
 
 #: Ways to embed a region (see the module docstring).
 REGION_MODES: tuple[str, ...] = ("masked", "roi", "crop")
@@ -155,6 +176,63 @@ def _check_box(box: Sequence[float], width: int, height: int, where: str) -> tup
     return cx0, cy0, cx1, cy1
 
 
+def map_boxes(model, boxes_px: Any, image_size_wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of an original image -> boxes normalised to ``[0, 1]`` of ``model``'s input.
+
+    Uses the adapter's optional ``map_boxes`` (adapters that resize and centre-crop); other
+    adapters squash the whole image into their input, so the box is divided by the image size.
+
+    Args:
+        model: A :class:`~ravl.models.VisionLanguageModel`.
+        boxes_px: ``[R, 4]`` boxes ``x0, y0, x1, y1`` in pixels of the original image.
+        image_size_wh: ``(width, height)`` of the original image.
+
+    Returns:
+        ``(boxes_norm [R, 4] float64, status [R])``, status in :data:`BOX_STATUSES`: ``"inside"``,
+        ``"clipped"`` (partly cut off by the model's crop; the box is its visible part) or
+        ``"outside"`` (entirely cut off; the box is a degenerate line on the input border).
+        Boxes are clipped to the image first.
+
+    Example:
+        >>> import ravl
+        >>> map_boxes(ravl.load_model("tiny"), [[0, 0, 28, 56]], (56, 56))[0].tolist()
+        [[0.0, 0.0, 0.5, 1.0]]
+    """
+    boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+    fn = getattr(model, "map_boxes", None)
+    if fn is not None:
+        norm, status = fn(boxes, tuple(image_size_wh))
+        norm = np.asarray(norm, dtype=np.float64).reshape(-1, 4)
+        status = np.asarray(status).astype("<U7")
+        if norm.shape[0] != boxes.shape[0] or status.shape != (boxes.shape[0],) or not set(status) <= set(BOX_STATUSES):
+            raise InvalidParameterError(f"{getattr(model, 'name', type(model).__name__)}.map_boxes must return ([R, 4] "
+                                        f"boxes, [R] statuses in {BOX_STATUSES}) for R={boxes.shape[0]} boxes.")
+        return norm, status
+    w, h = (float(v) for v in image_size_wh)
+    norm = boxes / np.array([w, h, w, h])
+    return np.clip(norm, 0.0, 1.0), np.full(boxes.shape[0], "inside", dtype="<U7")
+
+
+def _report_status(model, mode: str, status: np.ndarray) -> None:
+    """Warn once per call when ``masked`` / ``roi`` regions are cut off by the model's crop."""
+    n_clip = int((status == "clipped").sum())
+    n_out = int((status == "outside").sum())
+    if mode == "crop" or not (n_clip or n_out):
+        return
+    name = getattr(model, "name", type(model).__name__)
+    parts = []
+    if n_clip:
+        parts.append(f"{n_clip} are partly cut off by its centre crop (only the visible part is embedded)")
+    if n_out:
+        what = "a black image" if mode == "masked" else "the border patch or cell nearest to the box"
+        parts.append(f"{n_out} lie entirely outside it (their embeddings show {what}, not the box)")
+    msg = (f"embed_regions (mode {mode!r}): of {len(status)} regions, {' and '.join(parts)}, because {name} "
+           "resizes and centre-crops images. Pass return_status=True for the per-region status; mode='crop' embeds "
+           "whole boxes, or pad images to the model's aspect ratio.")
+    logger.info(msg)
+    warnings.warn(msg, RavlWarning, stacklevel=3)
+
+
 def region_image(image: Image.Image, box: Sequence[float], mode: str = DEFAULT_REGION_MODE) -> Image.Image:
     """The PIL image a ``"masked"`` or ``"crop"`` region embedding encodes.
 
@@ -214,8 +292,8 @@ def _region_rows(dataset: Any, boxes: Sequence[Sequence[Sequence[float]]] | None
     """``(image_index [R], boxes [R, 4])`` from a dataset's region table or explicit boxes."""
     if boxes is None:
         if not hasattr(dataset, "region_table"):
-            raise InvalidParameterError("embed_regions needs a dataset with region_table(), or a list of images together "
-                                        "with boxes=[[box, ...] per image].")
+            raise InvalidParameterError("embed_regions needs a dataset with region_table(), or a list of images "
+                                        "together with boxes=[[box, ...] per image].")
         table = dataset.region_table()
         return np.asarray(table.image_index, dtype=np.int64), np.asarray(table.boxes, dtype=np.float64).reshape(-1, 4)
     if len(boxes) != n_images:
@@ -236,7 +314,8 @@ def _region_rows(dataset: Any, boxes: Sequence[Sequence[Sequence[float]]] | None
 
 def embed_regions(model, dataset: Any, *, mode: str = DEFAULT_REGION_MODE,
                   boxes: Sequence[Sequence[Sequence[float]]] | None = None, batch_size: int = 128,
-                  normalize: bool = True, progress: bool = True) -> np.ndarray:
+                  normalize: bool = True, progress: bool = True, return_status: bool = False
+                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Embed every region of a dataset.
 
     Args:
@@ -250,10 +329,14 @@ def embed_regions(model, dataset: Any, *, mode: str = DEFAULT_REGION_MODE,
             images (with all their boxes) for ``"roi"``.
         normalize: L2-normalise the embeddings.
         progress: Show a progress bar.
+        return_status: Also return each region's status (see :func:`map_boxes`).
 
     Returns:
         ``[R, D]`` float32 embeddings in ``dataset.region_table()`` order (or image by image,
-        box by box for explicit ``boxes``).
+        box by box for explicit ``boxes``); with ``return_status``, ``(embeddings, status)``
+        where ``status`` is an ``[R]`` array of ``"inside"`` / ``"clipped"`` / ``"outside"``.
+        In ``masked`` and ``roi`` mode, clipped and outside regions are counted in a
+        :class:`~ravl.exceptions.RavlWarning` (module docstring); every region keeps its row.
 
     Raises:
         ValueError: For an unknown mode or a box that does not overlap its image.
@@ -273,6 +356,7 @@ def embed_regions(model, dataset: Any, *, mode: str = DEFAULT_REGION_MODE,
 
     dev = model.device
     out = torch.zeros(n_regions, model.embed_dim)
+    status = np.full(n_regions, "inside", dtype="<U7")
     bar = _progress(total=n_regions, desc=f"embedding regions ({mode})", disable=None if progress else True)
     with _inference(model):
         if mode == "roi":
@@ -283,10 +367,11 @@ def embed_regions(model, dataset: Any, *, mode: str = DEFAULT_REGION_MODE,
                     im = src.load(img_i)
                     w, h = im.size
                     pil.append(im)
-                    for r in grp:
-                        x0, y0, x1, y1 = _check_box(box_arr[r], w, h, f"image {int(img_i)}, region row {int(r)}")
-                        rois.append((local, x0 / w, y0 / h, x1 / w, y1 / h))
-                        rows.append(int(r))
+                    clipped = [_check_box(box_arr[r], w, h, f"image {int(img_i)}, region row {int(r)}") for r in grp]
+                    norm, st = map_boxes(model, clipped, (w, h))
+                    status[grp] = st
+                    rois.extend((local, *b) for b in norm.tolist())
+                    rows.extend(int(r) for r in grp)
                 px = model.preprocess(pil).to(dev)
                 rb = torch.tensor(rois, dtype=torch.float32, device=dev).reshape(-1, 5)
                 out[rows] = model.encode_roi(px, rb).float().cpu()
@@ -306,17 +391,20 @@ def embed_regions(model, dataset: Any, *, mode: str = DEFAULT_REGION_MODE,
             for img_i, grp in zip(images_in_order, groups):
                 im = src.load(img_i)
                 w, h = im.size
-                for r in grp:
-                    box = _check_box(box_arr[r], w, h, f"image {int(img_i)}, region row {int(r)}")
+                clipped = [_check_box(box_arr[r], w, h, f"image {int(img_i)}, region row {int(r)}") for r in grp]
+                status[grp] = map_boxes(model, clipped, (w, h))[1]
+                for r, box in zip(grp, clipped):
                     pending.append(region_image(im, box, mode))
                     pending_rows.append(int(r))
                     if len(pending) >= batch_size:
                         flush()
             flush()
     bar.close()
+    _report_status(model, mode, status)
     if normalize and n_regions:
         out = F.normalize(out, dim=-1)
-    return out.numpy().astype(np.float32, copy=False)
+    emb = out.numpy().astype(np.float32, copy=False)
+    return (emb, status) if return_status else emb
 
 
 def embed_texts(model, texts: Sequence[str], *, normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
@@ -370,7 +458,8 @@ def region_pixels(model, pixels: torch.Tensor, boxes: torch.Tensor, mode: str = 
     Args:
         model: Supplies ``image_size`` and the black value of its ``preprocess``.
         pixels: Preprocessed images ``[N, 3, H, W]``.
-        boxes: ``[R, 5]`` rows ``(image_index, x0, y0, x1, y1)`` normalised to [0, 1].
+        boxes: ``[R, 5]`` rows ``(image_index, x0, y0, x1, y1)`` normalised to [0, 1] of the
+            model input (:func:`map_boxes` maps boxes of the original image).
         mode: ``"masked"``: pixels outside the box set to black (the pixel-centre rule of
             :func:`box_pixel_bounds` on the ``H x W`` grid, so for images stored at the model's
             input size this equals what :func:`embed_regions` encodes); ``"crop"``: the box
@@ -423,7 +512,8 @@ def region_batch(model, pixels: torch.Tensor, boxes: torch.Tensor, mode: str = D
     Args:
         model: A :class:`~ravl.models.VisionLanguageModel`.
         pixels: Preprocessed images ``[N, 3, H, W]`` on the model's device.
-        boxes: ``[R, 5]`` rows ``(image_index, x0, y0, x1, y1)`` normalised to [0, 1].
+        boxes: ``[R, 5]`` rows ``(image_index, x0, y0, x1, y1)`` normalised to [0, 1] of the
+            model input (:func:`map_boxes` maps boxes of the original image).
         mode: ``"masked"``, ``"roi"`` or ``"crop"``.
     """
     check_choice(mode, "mode", "region_batch", REGION_MODES)

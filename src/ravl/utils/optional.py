@@ -9,11 +9,12 @@ from ravl.exceptions import MissingDependencyError
 
 __all__ = ["require"]
 
+# Module -> pip extra (extra names as pip normalises them, PEP 685).
 _EXTRAS = {
-    "open_clip": "open_clip",
+    "open_clip": "open-clip",
     "transformers": "hf",
     "ray": "ray",
-    "torchvision": "open_clip",
+    "torchvision": "open-clip",
     "umap": "umap",
 }
 
