@@ -135,6 +135,20 @@ def _error(exc: BaseException | str, verbose: int, code: int) -> int:
     return code
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    oom = getattr(torch.cuda, "OutOfMemoryError", ())
+    return (bool(oom) and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
+
+
+def _out_of_memory(what: str, exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return (f"out of {what} ({first}). For fine-tuning and mitigation lower --batch-size or add --precision bf16 "
+            "and --grad-checkpointing; otherwise use a smaller model or another --device. Finished work is saved: "
+            "rerun the same command to resume.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ravl`` console script. Returns the process exit code.
 
@@ -166,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(exc, args.verbose, 2)
     except RavlError as exc:  # the data, a checkpoint or the environment: exit 1
         return _error(exc, args.verbose, 1)
+    except MemoryError as exc:  # also torch.cuda.OutOfMemoryError (a RuntimeError) below
+        return _error(_out_of_memory("memory", exc), args.verbose, 1)
+    except RuntimeError as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        return _error(_out_of_memory("GPU memory", exc), args.verbose, 1)
     except BrokenPipeError:  # e.g. `ravl validate DIR | head`
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

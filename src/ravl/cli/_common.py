@@ -23,14 +23,50 @@ from ravl.utils.outputs import check_output_dir, check_output_file
 from ravl.zeroshot import TEMPLATE_SETS, default_templates, templates_from_spec
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, checkpoint_help: str | None = None) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, *, checkpoint_help: str | None = None,
+                        loader_options: bool = True) -> None:
+    """``--model``, ``--checkpoint``, ``--device`` and (``loader_options``) ``--pretrained``, ``--model-option``."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", default=None,
                    help="registry name (see `ravl models`); default: the name stored in --checkpoint, else 'tiny'")
     g.add_argument("--checkpoint", default=None,
                    help=checkpoint_help
                    or "ravl checkpoint folder (model.safetensors + config.json) or backend weights")
+    if not loader_options:
+        add_device_argument(g)
+        return
+    g.add_argument("--pretrained", default=None, metavar="TAG",
+                   help="open_clip: a pretrained tag (e.g. openai) or weights file, resolved by open_clip from its "
+                        "local cache (ravl works offline); not with --checkpoint")
+    g.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the model's loader, repeatable, e.g. roi_layers=4 or roi_pool=patch-mean for "
+                        "open_clip / Hugging Face ViTs (values are read as JSON when they parse, else as text)")
     add_device_argument(g)
+
+
+def model_options(args) -> dict[str, Any]:
+    """``--pretrained`` and ``--model-option KEY=VALUE`` as ``load_model`` keyword arguments.
+
+    Raises:
+        InvalidParameterError: A malformed option, or ``--pretrained`` for a model that is not open_clip.
+    """
+    opts: dict[str, Any] = {}
+    for item in getattr(args, "model_option", None) or []:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise InvalidParameterError(f"--model-option {item!r} must be KEY=VALUE with KEY a name, e.g. "
+                                        "roi_layers=4.")
+        try:
+            opts[key.strip()] = json.loads(value)
+        except ValueError:
+            opts[key.strip()] = value
+    if getattr(args, "pretrained", None) is not None:
+        name = args.model or ""
+        if not name.startswith("open_clip:"):
+            raise InvalidParameterError(f"--pretrained is for open_clip models (--model open_clip:ARCH); got --model "
+                                        f"{name or '(none)'}.")
+        opts["pretrained"] = args.pretrained
+    return opts
 
 
 def add_device_argument(parser) -> None:
@@ -78,7 +114,8 @@ def model_from_args(args, **kwargs):
     name = args.model
     if name is None and args.checkpoint and (Path(args.checkpoint) / "config.json").is_file():
         name = read_checkpoint_config(args.checkpoint).get("model")
-    return load_model(name or "tiny", checkpoint=args.checkpoint, device=resolve_device(args.device), **kwargs)
+    return load_model(name or "tiny", checkpoint=args.checkpoint, device=resolve_device(args.device),
+                      **{**model_options(args), **kwargs})
 
 
 def _workers_type(text: str) -> int:

@@ -6,6 +6,7 @@ from ravl.cli._common import (
     add_model_arguments,
     add_recipe_arguments,
     model_from_args,
+    model_options,
     out_dir_arg,
     print_table,
     recipe_overrides,
@@ -44,7 +45,7 @@ def run(args) -> int:
     defaults = {k: v for k, v in model_defaults(model).items() if k not in over}
     if defaults:
         print(f"recipe defaults of {model.name}: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
-    init = {"model": model.name, "checkpoint": args.checkpoint, **model_kwargs}
+    init = {"model": model.name, "checkpoint": args.checkpoint, **model_options(args), **model_kwargs}
     res = finetune(model, ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, init=init,
                    allow_data_change=args.allow_data_change, workers=args.workers)
     rows = [[h["epoch"], f"{h['train_loss']:.4f}", f"{h.get('val_loss', float('nan')):.4f}",

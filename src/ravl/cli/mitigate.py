@@ -44,7 +44,8 @@ DESCRIPTION = ("fine-tune again so the model stops relying on the discovered fea
                "same command after an interruption to continue.")
 
 def add_arguments(parser) -> None:
-    add_model_arguments(parser, checkpoint_help="the audited checkpoint folder (the model `ravl discover` examined)")
+    add_model_arguments(parser, checkpoint_help="the audited checkpoint folder (the model `ravl discover` examined)",
+                        loader_options=False)
     parser.add_argument("--data", required=True, help="fine-tuning dataset folder (captions and labels on train rows)")
     parser.add_argument("--discovery", required=True, help="discovery.json written by `ravl discover`")
     parser.add_argument("--method", default="ravl", choices=list_mitigation_methods(),

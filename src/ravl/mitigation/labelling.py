@@ -39,7 +39,7 @@ from ravl.discovery.result import DiscoveryResult
 from ravl.exceptions import DatasetError, InvalidParameterError
 from ravl.mitigation.groups import class_feature_groups
 from ravl.models.base import check_model
-from ravl.models.regions import DEFAULT_REGION_MODE, REGION_MODES, embed_regions
+from ravl.models.regions import DEFAULT_REGION_MODE, REGION_MODES, embed_regions, map_boxes
 from ravl.models.sharded import Sharding, embed_regions_sharded
 from ravl.utils.validation import check_choice, check_float, check_int
 
@@ -61,7 +61,8 @@ class RegionLabels:
         image_index: ``[M]`` int64 position of the region's image in the training split (the
             positions :func:`~ravl.training.finetune` passes as ``batch["indices"]``).
         boxes_norm: ``[M, 4]`` float32 boxes ``x0, y0, x1, y1`` normalised to ``[0, 1]`` of
-            the image.
+            the model's input (the image itself unless the model's preprocessing crops it; see
+            :func:`ravl.models.regions.map_boxes`).
         is_spurious: ``[M]`` bool, ``True`` for regions in the discovered spurious cluster(s)
             (``R^s``), ``False`` for candidate-core regions (``R^r``).
     """
@@ -532,6 +533,33 @@ def _truth_metrics(table, records, spurious: np.ndarray, present: np.ndarray, cl
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
+def _training_regions(model, ds, table, spurious: np.ndarray) -> RegionLabels:
+    """The labelled regions as the model's input sees them (boxes through its resize and crop).
+
+    A region the model's centre crop removes entirely is left out: training cannot show it to
+    the model (the image's feature-present flag still counts it).
+    """
+    image_index = np.asarray(table.image_index, dtype=np.int64)
+    size = np.array([[r.width, r.height, r.width, r.height] for r in ds.records], dtype=np.float64).reshape(-1, 4)
+    px = np.clip(np.asarray(table.boxes, dtype=np.float64).reshape(-1, 4), 0.0, size[image_index])
+    if getattr(model, "map_boxes", None) is None:  # the model squashes whole images into its input
+        boxes = px / size[image_index] if len(table) else np.zeros((0, 4))
+        status = np.full(len(table), "inside", dtype="<U7")
+    else:
+        boxes = np.zeros((len(table), 4), dtype=np.float64)
+        status = np.full(len(table), "inside", dtype="<U7")
+        order = np.argsort(image_index, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(image_index[order]) != 0]) if len(order) else []
+        for rows in np.split(order, starts[1:]) if len(order) else []:
+            rec = ds.records[int(image_index[rows[0]])]
+            boxes[rows], status[rows] = map_boxes(model, px[rows], (rec.width, rec.height))
+    keep = (status != "outside") & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if not keep.all():
+        logger.info("%d of %d labelled regions lie outside %s's centre crop and are left out of training.",
+                    int((~keep).sum()), len(keep), getattr(model, "name", type(model).__name__))
+    return RegionLabels(image_index[keep], boxes[keep], np.asarray(spurious, dtype=bool)[keep])
+
+
 def label_regions(model, dataset, discovery, *, features: Any = "class", region_mode: str | None = None,
                   split: str | None = "train", medoid_embeddings: np.ndarray | None = None,
                   eval_dataset: Any = None, truth: str | None = None, batch_size: int = 128,
@@ -618,9 +646,7 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
     emb = embed_regions_sharded(model, ds, mode=mode, sharding=sharding, batch_size=batch_size, progress=progress)
     clusters, sims = assign_to_medoids(emb, medoids)
     spurious, thresholds, n_outside = spurious_assignment(clusters, sims, chosen, assignment_quantile)
-    size = np.array([[r.width, r.height, r.width, r.height] for r in ds.records], dtype=np.float64)
-    boxes = np.clip(table.boxes / size[table.image_index], 0.0, 1.0) if len(table) else np.zeros((0, 4))
-    region_labels = RegionLabels(table.image_index, boxes, spurious)
+    region_labels = _training_regions(model, ds, table, spurious)
     present = np.zeros(len(ds), dtype=bool)
     present[table.image_index[spurious]] = True
     groups, n_groups = class_feature_groups(labels, present, n_classes=len(ds.classes))

@@ -61,6 +61,7 @@ from ravl.models.pooling import (
     vit_region_tokens,
     weighted_patch_mean,
 )
+from ravl.models.pretrained import PretrainedCLIPMixin
 from ravl.models.weights import read_state_dict, state_mismatches
 from ravl.utils.optional import require
 from ravl.utils.validation import check_choice
@@ -177,7 +178,7 @@ def _features(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-class HFCLIPAdapter:
+class HFCLIPAdapter(PretrainedCLIPMixin):
     """:class:`~ravl.models.base.VisionLanguageModel` adapter around a Hugging Face ``CLIPModel`` / ``SiglipModel``.
 
     Build it with ``ravl.load_model("hf:DIR")`` (see :func:`load_hf`).
@@ -213,6 +214,23 @@ class HFCLIPAdapter:
             self.embed_dim = int(module.visual_projection.out_features)
             self.image_projection_prefixes = ("visual_projection.",)
         self.context_length = int(module.config.text_config.max_position_embeddings)
+
+    IMAGE_CHILDREN = ("vision_model", "visual_projection")
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """transformers' gradient checkpointing (less memory, more time; active in training mode)."""
+        # transformers 5 renamed these activation_checkpointing_*; 4.x has only gradient_checkpointing_*.
+        what = "enable" if enable else "disable"
+        fn = getattr(self.module, f"activation_checkpointing_{what}", None) or getattr(
+            self.module, f"gradient_checkpointing_{what}")
+        fn()
+
+    def export(self, out: str | os.PathLike) -> dict[str, Any]:
+        """A ``save_pretrained`` folder (:func:`export_hf`), with how to load it."""
+        path = export_hf(self, out)
+        cls = "SiglipModel" if self.model_type == "siglip" else "CLIPModel"
+        return {"path": path, "how_to_load": (f"transformers.{cls}.from_pretrained({str(path)!r})",
+                                              f"transformers.AutoProcessor.from_pretrained({str(path)!r})")}
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.module.parameters())

@@ -95,6 +95,7 @@ from ravl.models.pooling import (
     vit_region_tokens,
     weighted_patch_mean,
 )
+from ravl.models.pretrained import PretrainedCLIPMixin
 from ravl.models.weights import read_state_dict, state_mismatches
 from ravl.utils.io import atomic_write
 from ravl.utils.optional import require
@@ -235,7 +236,7 @@ def _geometry(pre: dict[str, Any]) -> ResizeCropGeometry:
 # The adapter
 # ---------------------------------------------------------------------------------------------
 
-class OpenCLIPAdapter:
+class OpenCLIPAdapter(PretrainedCLIPMixin):
     """:class:`~ravl.models.base.VisionLanguageModel` adapter around an open_clip ``CLIP`` model.
 
     Build it with ``ravl.load_model("open_clip:ARCH", ...)`` (see :func:`load_open_clip`).
@@ -281,6 +282,23 @@ class OpenCLIPAdapter:
             self.image_projection_prefixes = ("visual.head.",)
         else:
             self.image_projection_prefixes = ()
+
+    IMAGE_CHILDREN = ("visual",)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """open_clip's activation checkpointing in both towers (less memory, more time)."""
+        self.module.set_grad_checkpointing(bool(enable))
+
+    def export(self, out: str | os.PathLike) -> dict[str, Any]:
+        """Weights open_clip loads itself (:func:`export_open_clip`), with how to load them."""
+        res = export_open_clip(self, out)
+        path = res["path"]
+        if path.suffix:
+            extra = "".join(f", {k}={v!r}" for k, v in res["kwargs"].items())
+            how = f"open_clip.create_model_and_transforms({self.arch!r}, pretrained={str(path)!r}{extra})"
+        else:
+            how = f"open_clip.create_model_and_transforms('local-dir:{path}')"
+        return {**res, "how_to_load": (how,)}
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.module.parameters())

@@ -279,16 +279,26 @@ class RegionAwareObjective(PromptObjective):
     def __call__(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.config
         pixels = batch["pixels"]
-        img = model.encode_image(pixels)
-        txt = model.encode_text(batch["tokens"])
-        l_clip = clip_loss(img, txt, model.logit_scale())["loss"]
-        labels = self._labels(batch, img.device)
         idx = self._indices(batch)
         sel, rows = self._batch_regions(idx)
         lam = self.current_lam
-        if lam > 0 and len(sel):
+        regions = lam > 0 and len(sel) > 0
+        img = emb = None
+        if regions:
             boxes = torch.cat([torch.from_numpy(rows).to(self._boxes.dtype)[:, None], self._boxes[sel]], dim=1)
-            emb = self._embed(model, pixels, boxes.to(device=pixels.device, dtype=pixels.dtype))
+            boxes = boxes.to(device=pixels.device, dtype=pixels.dtype)
+            both = getattr(model, "encode_image_and_roi", None)
+            if self.region_mode == "roi" and self._region_embedder is None and callable(both):
+                # One backbone pass gives the image and its regions (adapters of real backbones).
+                img, emb = both(pixels, boxes)
+            else:
+                emb = self._embed(model, pixels, boxes)
+        if img is None:
+            img = model.encode_image(pixels)
+        txt = model.encode_text(batch["tokens"])
+        l_clip = clip_loss(img, txt, model.logit_scale())["loss"]
+        labels = self._labels(batch, img.device)
+        if regions:
             ra = region_aware_loss(emb, torch.from_numpy(rows).to(img.device), self._spurious[sel].to(img.device),
                                    self._class_embeddings(model), labels, tau=cfg.tau,
                                    label_negatives=cfg.label_negatives)

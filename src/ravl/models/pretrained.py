@@ -1,0 +1,61 @@
+"""What the adapters of pretrained CLIPs (open_clip, Hugging Face) share beyond the protocol.
+
+:class:`PretrainedCLIPMixin` gives an adapter the optional attributes ravl's training and
+zero-shot code look for (``docs/dev/interfaces.md``):
+
+``finetune_defaults``
+    The recipe of :meth:`FinetuneConfig.for_model <ravl.training.FinetuneConfig.for_model>`:
+    a pretrained backbone is fine-tuned with a small learning rate (1e-5), a warm-up over the
+    first 10 % of the steps and weight decay 0.1, as open_clip's fine-tuning recipes and the RaVL
+    paper do (the tiny CLIP, trained from scratch, keeps ravl's own recipe).
+``default_template_set``
+    ``"auto"``: the reference's digit templates for digit classes, an ImageNet-style set
+    otherwise (:func:`ravl.zeroshot.default_templates`).
+``image_tower_prefixes`` / ``text_tower_prefixes``
+    Parameter-name prefixes of each tower (``--freeze``), from the module's top-level children:
+    the adapter names its image children (``IMAGE_CHILDREN``); everything else except the
+    logit scale and bias belongs to the text tower.
+``export(out)``
+    The model in its backend's own format (``ravl export``, :func:`ravl.models.export_model`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PretrainedCLIPMixin", "PRETRAINED_FINETUNE_DEFAULTS"]
+
+#: The fine-tuning recipe for pretrained backbones (see the module docstring).
+PRETRAINED_FINETUNE_DEFAULTS: dict[str, Any] = {"lr": 1e-5, "warmup_fraction": 0.1, "weight_decay": 0.1}
+
+_SHARED = ("logit_scale", "logit_bias")
+
+
+class PretrainedCLIPMixin:
+    """Optional adapter attributes for pretrained CLIPs (module docstring); needs ``self.module``."""
+
+    #: Top-level children (or parameters) of ``self.module`` that belong to the image tower.
+    IMAGE_CHILDREN: tuple[str, ...] = ()
+    default_template_set = "auto"
+
+    @property
+    def finetune_defaults(self) -> dict[str, Any]:
+        return dict(PRETRAINED_FINETUNE_DEFAULTS)
+
+    def _top_level_names(self) -> list[str]:
+        names = {n.split(".", 1)[0] for n, _ in self.module.named_parameters()}
+        return sorted(names - set(_SHARED))
+
+    def _prefixes(self, image: bool) -> tuple[str, ...]:
+        # A bare top-level parameter (open_clip's positional_embedding) is matched by its full name.
+        params = {n for n, _ in self.module.named_parameters(recurse=False)}
+        return tuple(n if n in params else f"{n}." for n in self._top_level_names()
+                     if (n in self.IMAGE_CHILDREN) == image)
+
+    @property
+    def image_tower_prefixes(self) -> tuple[str, ...]:
+        return self._prefixes(image=True)
+
+    @property
+    def text_tower_prefixes(self) -> tuple[str, ...]:
+        return self._prefixes(image=False)
