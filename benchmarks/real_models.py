@@ -11,14 +11,14 @@ For each architecture (default open_clip RN50 and ViT-B-16, random weights, 224 
   to :func:`~ravl.models.regions.embed_images` images/s;
 * **training images/s** of a standard fine-tuning step (symmetric InfoNCE on image-caption pairs,
   :class:`ravl.training.loop.ContrastiveObjective`) and of a RaVL mitigation step
-  (:class:`ravl.mitigation.objectives.RegionAwareObjective`, CLIP loss + region-aware loss over
+  (:class:`ravl.mitigation.methods.ravl.RegionAwareObjective`, CLIP loss + region-aware loss over
   ``--train-regions`` regions per image, the C x K class prompts encoded with gradients), in
   ``roi`` and ``masked`` region modes; forward + backward + AdamW step, train mode. Target: RaVL
   step <= 1.5x the standard step. Because the class prompts are a fixed per-step cost (10 classes
   x ``--templates`` texts) that small CPU batches cannot amortise, the table also times the
   standard step plus the class prompts alone, and the RaVL step against that (the region part).
-  ``RaVL roi_shared`` is the same objective taking the image embeddings from the adapter's
-  ``encode_image_and_roi`` (one backbone pass for images and regions) instead of a second pass.
+  ``RaVL roi`` takes the images and their regions from one ``encode_image_and_roi`` pass (what
+  mitigation does); ``RaVL roi_two_pass`` embeds the regions in a second backbone pass.
 
 Every figure is the median of ``--repeats`` timed repeats after one warm-up; ratios are taken
 inside each repeat (the compared runs are interleaved), so background load affects both sides.
@@ -136,43 +136,12 @@ def bench_pipeline(model, images, batch: int, repeats: int) -> dict:
     return out
 
 
-def _shared_pass_objective():
-    from ravl.mitigation.losses import region_aware_loss
-    from ravl.mitigation.objectives import RegionAwareObjective
-    from ravl.training.losses import clip_loss
-
-    class SharedPassRegionAware(RegionAwareObjective):
-        """RegionAwareObjective whose image and roi region embeddings come from one backbone pass.
-
-        The same losses as :class:`RegionAwareObjective` (``roi`` mode); only the image
-        embeddings are taken from the adapter's ``encode_image_and_roi`` instead of a separate
-        ``encode_image`` call. Measures what the objective would cost if it used that method.
-        """
-
-        def __call__(self, model, batch):
-            cfg = self.config
-            pixels = batch["pixels"]
-            idx = self._indices(batch)
-            sel, rows = self._batch_regions(idx)
-            boxes = torch.cat([torch.from_numpy(rows).to(self._boxes.dtype)[:, None], self._boxes[sel]], dim=1)
-            img, emb = model.encode_image_and_roi(pixels, boxes.to(device=pixels.device, dtype=pixels.dtype))
-            txt = model.encode_text(batch["tokens"])
-            l_clip = clip_loss(img, txt, model.logit_scale())["loss"]
-            labels = self._labels(batch, img.device)
-            ra = region_aware_loss(emb, torch.from_numpy(rows).to(img.device), self._spurious[sel].to(img.device),
-                                   self._class_embeddings(model), labels, tau=cfg.tau,
-                                   label_negatives=cfg.label_negatives)
-            loss = cfg.clip_weight * l_clip + self.current_lam * (
-                cfg.region_weight * ra["region_loss"] + cfg.alignment_weight * ra["alignment_loss"])
-            return {"loss": loss}
-
-    return SharedPassRegionAware
-
-
 def bench_training(model, images, train_batch: int, repeats: int, regions: int, n_templates: int) -> dict:
     """Standard contrastive step vs RaVL step (roi and masked), forward + backward + AdamW."""
-    from ravl.mitigation.objectives import RegionAwareObjective, RegionLabels, class_prompt_embeddings
+    from ravl.mitigation.labelling import RegionLabels
+    from ravl.mitigation.methods.ravl import RegionAwareObjective
     from ravl.training.loop import ContrastiveObjective
+    from ravl.zeroshot import class_text_embeddings
 
     dev = model.device
     b = train_batch
@@ -185,12 +154,11 @@ def bench_training(model, images, train_batch: int, repeats: int, regions: int, 
                                  np.tile(np.arange(k) == 0, b))
     templates = ["a photo of the number {}", "the digit {}", "an image of a {}", "{}"][:n_templates]
     standard = ContrastiveObjective()
-    SharedPassRegionAware = _shared_pass_objective()
 
     def with_prompts(model, batch):
         # The standard step plus what RaVL adds besides regions: the class prompts, encoded with gradients.
         out = standard(model, batch)
-        prompts = class_prompt_embeddings(model, WORDS, templates)
+        prompts = class_text_embeddings(model, WORDS, templates, grad=True)
         return {"loss": out["loss"] + 0.0 * prompts.sum()}
 
     objectives = {"standard": standard, "standard_prompts": with_prompts}
@@ -198,8 +166,11 @@ def bench_training(model, images, train_batch: int, repeats: int, regions: int, 
         objectives[f"ravl_{mode}"] = RegionAwareObjective(region_labels, labels, class_names=WORDS,
                                                           templates=templates, region_mode=mode, lam=1.0)
     if hasattr(model, "encode_image_and_roi"):
-        objectives["ravl_roi_shared"] = SharedPassRegionAware(region_labels, labels, class_names=WORDS,
-                                                              templates=templates, region_mode="roi", lam=1.0)
+        # RegionAwareObjective takes roi regions and images from one encode_image_and_roi pass;
+        # this variant embeds the regions in a second pass (encode_roi), as a model without it would.
+        objectives["ravl_roi_two_pass"] = RegionAwareObjective(
+            region_labels, labels, class_names=WORDS, templates=templates, region_mode="roi", lam=1.0,
+            region_embedder=lambda m, px, boxes, mode: m.encode_roi(px, boxes))
     batch = {"pixels": px, "tokens": tokens, "indices": torch.arange(b), "labels": torch.as_tensor(labels)}
     opt = torch.optim.AdamW([p for p in model.module.parameters() if p.requires_grad], lr=1e-6)
     model.module.train()
@@ -285,12 +256,12 @@ def main(argv=None) -> int:
             rows.append(("train step, standard", f"{r['train_standard_images_per_s']:.2f} images/s", ""))
             rows.append(("train step, standard + class prompts", f"{r['train_standard_prompts_images_per_s']:.2f} "
                          "images/s", f"{r['train_standard_prompts_slowdown']:.2f}x the standard step's time"))
-            for mode in ("roi", "roi_shared", "masked"):
+            for mode in ("roi", "roi_two_pass", "masked"):
                 if f"train_ravl_{mode}_images_per_s" not in r:
                     continue
                 rows.append((f"train step, RaVL {mode}", f"{r[f'train_ravl_{mode}_images_per_s']:.2f} images/s",
                              f"{r[f'train_ravl_{mode}_slowdown']:.2f}x the standard step's time"
-                             + (" (target <= 1.5)" if mode.startswith("roi") else "")
+                             + (" (target <= 1.5)" if mode == "roi" else "")
                              + f"; {r[f'train_ravl_{mode}_vs_prompts']:.2f}x standard + prompts"))
         w = max(len(a) for a, _, _ in rows)
         for a, b, c in rows:
