@@ -15,6 +15,7 @@ __all__ = [
     "ModelNotFoundError",
     "MissingDependencyError",
     "CheckpointError",
+    "RegionPoolingNotSupportedError",
     "RavlWarning",
 ]
 
@@ -78,6 +79,11 @@ class MissingDependencyError(RavlError, ImportError):
 
 class CheckpointError(RavlError, OSError):
     """A checkpoint folder is missing, incomplete or incompatible."""
+
+
+class RegionPoolingNotSupportedError(RavlError, NotImplementedError):
+    """The model cannot pool regions from one backbone pass (region mode ``roi``); ``masked`` and
+    ``crop`` work for every model."""
 
 
 class RavlWarning(UserWarning):

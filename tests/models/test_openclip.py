@@ -341,6 +341,23 @@ def test_encode_roi_rejects_bad_boxes(vit):
     assert vit.encode_roi(px, torch.zeros(0, 5)).shape == (0, 32)
 
 
+def test_attention_pooled_vit_has_no_roi_but_masked_works():
+    from ravl.exceptions import RegionPoolingNotSupportedError
+    from ravl.models.openclip import TEST_CONFIGS, register_open_clip_config
+    from ravl.models.regions import embed_regions
+
+    cfg = {**TEST_CONFIGS["ravl-test-vit"]}
+    cfg["vision_cfg"] = {**cfg["vision_cfg"], "attentional_pool": True, "attn_pooler_queries": 1,
+                         "attn_pooler_heads": 2}
+    register_open_clip_config("ravl-test-vit-attnpool", cfg)
+    m = load_model("open_clip:ravl-test-vit-attnpool")
+    img = [_image(64, 64, 3)]
+    with pytest.raises(RegionPoolingNotSupportedError, match="attentional pooler.*'masked' or 'crop'") as err:
+        embed_regions(m, img, boxes=[[[0, 0, 32, 32]]], mode="roi", progress=False)
+    assert isinstance(err.value, NotImplementedError)  # the protocol's signal for "no roi"
+    assert embed_regions(m, img, boxes=[[[0, 0, 32, 32]]], mode="masked", progress=False).shape == (1, 32)
+
+
 # -- weights -------------------------------------------------------------------------------------
 
 def _same_outputs(a, b, atol=0.0):

@@ -82,7 +82,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from ravl.exceptions import CheckpointError, InvalidParameterError, ModelNotFoundError
+from ravl.exceptions import CheckpointError, InvalidParameterError, ModelNotFoundError, RegionPoolingNotSupportedError
 from ravl.models.base import load_checkpoint
 from ravl.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_checkpoint, read_checkpoint
 from ravl.models.geometry import ResizeCropGeometry
@@ -343,7 +343,7 @@ class OpenCLIPAdapter(PretrainedCLIPMixin):
                 the model input (use :meth:`map_boxes` for boxes of the original image).
 
         Raises:
-            NotImplementedError: For image towers other than open_clip's ModifiedResNet and
+            RegionPoolingNotSupportedError: (a ``NotImplementedError``) for image towers other than open_clip's ModifiedResNet and
                 VisionTransformer (class-token or average pooling).
         """
         return self._regions(pixels, boxes, with_image=False)[1]
@@ -368,8 +368,9 @@ class OpenCLIPAdapter(PretrainedCLIPMixin):
             return self._roi_resnet(visual, pixels, idx, xy, with_image)
         if kind == "VisionTransformer":
             return self._roi_vit(visual, pixels, idx, xy, with_image)
-        raise InvalidParameterError("encode_roi supports open_clip's ModifiedResNet and VisionTransformer image "
-                                    f"towers; {self.name} has a {kind}. Use region mode 'masked' or 'crop'.")
+        raise RegionPoolingNotSupportedError(
+            f"encode_roi supports open_clip's ModifiedResNet and VisionTransformer image towers; {self.name} has a "
+            f"{kind}. Use region mode 'masked' or 'crop'.")
 
     def logit_scale(self) -> torch.Tensor:
         """``exp`` of the learned log inverse temperature (scalar tensor, differentiable)."""
@@ -410,9 +411,9 @@ class OpenCLIPAdapter(PretrainedCLIPMixin):
             attn = getattr(blk, "attn", None)
             if (type(blk).__name__ != "ResidualAttentionBlock" or not isinstance(attn, torch.nn.MultiheadAttention)
                     or attn.in_proj_weight is None):
-                raise InvalidParameterError(f"encode_roi supports ViTs built from open_clip's ResidualAttentionBlock; "
-                                            f"block {k} of {self.name} is a {type(blk).__name__}. Use region mode "
-                                            "'masked' or 'crop'.")
+                raise RegionPoolingNotSupportedError(
+                    f"encode_roi supports ViTs built from open_clip's ResidualAttentionBlock; block {k} of {self.name} "
+                    f"is a {type(blk).__name__}. Use region mode 'masked' or 'crop'.")
 
             def qkv(h, attn=attn):
                 return torch.nn.functional.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
@@ -428,8 +429,9 @@ class OpenCLIPAdapter(PretrainedCLIPMixin):
     def _roi_vit(self, visual, pixels: torch.Tensor, idx: torch.Tensor, xy: torch.Tensor, with_image: bool
                  ) -> tuple[torch.Tensor | None, torch.Tensor]:
         if getattr(visual, "attn_pool", None) is not None or visual.pool_type not in ("tok", "avg"):
-            raise InvalidParameterError(f"encode_roi supports ViTs with class-token or average pooling; {self.name} "
-                                        "pools with an attentional pooler. Use region mode 'masked' or 'crop'.")
+            raise RegionPoolingNotSupportedError(
+                f"encode_roi supports ViTs with class-token or average pooling; {self.name} pools with an attentional "
+                "pooler. Use region mode 'masked' or 'crop'.")
         if xy.shape[0] == 0:
             return (self.encode_image(pixels) if with_image else None), pixels.new_zeros(0, self.embed_dim)
         blocks = self._vit_blocks(visual)
