@@ -29,3 +29,22 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs/nine/discovery.json").exists()
     assert (tmp_path / "runs/nine/fixed/model.safetensors").exists()
     assert "Image Worst-Group" in out and "tied to" in out
+
+
+def test_documented_install_extras_exist():
+    """Every `-e ".[extra,...]"` / `ravl[extra]` in README and docs names an extra pyproject declares
+    (pip only warns about an unknown extra and installs nothing for it)."""
+    import tomllib
+
+    root = README.parent
+    declared = set(tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+                   ["optional-dependencies"])
+    texts = [README, *sorted((root / "docs").rglob("*.md"))]
+    used = {}
+    for path in texts:
+        for group in re.findall(r"""(?:-e\s+["']?\.|ravl)\[([A-Za-z0-9_,\- ]+)\]""", path.read_text(encoding="utf-8")):
+            for extra in group.split(","):
+                used.setdefault(extra.strip(), path.name)
+    assert {"open-clip", "hf", "test"} <= set(used), used
+    unknown = {e: f for e, f in used.items() if e not in declared}
+    assert not unknown, f"extras not in pyproject.toml: {unknown}"
