@@ -135,6 +135,11 @@ def _error(exc: BaseException | str, verbose: int, code: int) -> int:
     return code
 
 
+def _ravl_info_only(record: logging.LogRecord) -> bool:
+    """Logging filter: warnings from anyone, information from ravl's own loggers only."""
+    return record.levelno >= logging.WARNING or record.name == "ravl" or record.name.startswith("ravl.")
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
@@ -167,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    if not args.verbose:  # backends (open_clip, transformers) log their own progress at INFO: -v shows it
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_ravl_info_only)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -64,6 +64,7 @@ from ravl.models.pooling import (
 from ravl.models.pretrained import PretrainedCLIPMixin
 from ravl.models.weights import read_state_dict, state_mismatches
 from ravl.utils.optional import require
+from ravl.utils.progress import progress_enabled
 from ravl.utils.validation import check_choice
 
 __all__ = ["PREFIX", "ROI_POOLS", "HFCLIPAdapter", "load_hf", "export_hf", "geometry_from_processor",
@@ -86,7 +87,10 @@ _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 
 
 
 def _transformers(purpose: str):
-    return require("transformers", purpose=purpose)
+    transformers = require("transformers", purpose=purpose)
+    if not progress_enabled():  # RAVL_PROGRESS=0 / --quiet: transformers' own bars off too
+        transformers.utils.logging.disable_progress_bar()
+    return transformers
 
 
 # ---------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ Projection layer for ``--trainable image-projection``: ``visual.proj`` (ViT) or
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import functools
 import json
@@ -550,6 +551,24 @@ def _load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], sourc
 # Building
 # ---------------------------------------------------------------------------------------------
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init():
+    """open_clip warns that a model without ``pretrained`` is initialised randomly; ravl loads the
+    user's weights right after (or was asked for random weights), so the warning would mislead."""
+    root = logging.getLogger()
+    f = _DropRandomInitWarning()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
+
+
 def _create(open_clip, arch: str, *, pretrained: str | None = None, preprocess: dict[str, Any] | None = None,
             cache_dir: str | None = None) -> torch.nn.Module:
     kwargs: dict[str, Any] = {}
@@ -560,7 +579,8 @@ def _create(open_clip, arch: str, *, pretrained: str | None = None, preprocess: 
         kwargs["cache_dir"] = cache_dir
         return open_clip.create_model(arch, **kwargs)
     try:
-        return open_clip.create_model(arch, **kwargs)
+        with _quiet_random_init():
+            return open_clip.create_model(arch, **kwargs)
     except Exception as exc:  # towers from timm / Hugging Face need those libraries (and HF configs offline)
         raise ModelNotFoundError(f"open_clip could not build {arch!r} ({type(exc).__name__}: {str(exc)[:300]}). "
                                  "Architectures with timm or Hugging Face towers need timm / transformers installed "
