@@ -200,3 +200,26 @@ def test_interrupted_finetune_resumes_to_the_same_weights(cat_env, tmp_path, sig
     res = run("finetune", *args, "--out", out)
     expect(res, 0, r"resumed from epoch")
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+
+
+def test_out_of_memory_is_one_error_line(cat_env, tmp_path, monkeypatch, capsys):
+    from ravl.cli import finetune as finetune_cli
+    from ravl.cli import main
+
+    def oom(args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.3 GiB total)")
+
+    monkeypatch.setattr(finetune_cli, "run", oom)
+    assert main(["finetune", "--data", str(cat_env["train"]), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out of GPU memory (CUDA out of memory. Tried to allocate")
+    assert "--batch-size" in err[0] and "rerun the same command to resume" in err[0]
+
+
+@pytest.mark.parametrize(("extra", "pattern"), [
+    (("--model-option", "roi_layers"), r"--model-option 'roi_layers' must be KEY=VALUE"),
+    (("--pretrained", "openai"), r"--pretrained is for open_clip models .* got --model \(none\)"),
+])
+def test_model_loader_option_mistakes(cat_env, tmp_path, extra, pattern):
+    expect(_ft(cat_env, tmp_path / "o", *extra), 2, pattern)
+    assert not (tmp_path / "o").exists()
