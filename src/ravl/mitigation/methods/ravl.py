@@ -282,23 +282,23 @@ class RegionAwareObjective(PromptObjective):
         idx = self._indices(batch)
         sel, rows = self._batch_regions(idx)
         lam = self.current_lam
-        regions = lam > 0 and len(sel) > 0
-        img = emb = None
-        if regions:
+        boxes = None
+        if lam > 0 and len(sel):
             boxes = torch.cat([torch.from_numpy(rows).to(self._boxes.dtype)[:, None], self._boxes[sel]], dim=1)
             boxes = boxes.to(device=pixels.device, dtype=pixels.dtype)
-            both = getattr(model, "encode_image_and_roi", None)
-            if self.region_mode == "roi" and self._region_embedder is None and callable(both):
-                # One backbone pass gives the image and its regions (adapters of real backbones).
-                img, emb = both(pixels, boxes)
-            else:
-                emb = self._embed(model, pixels, boxes)
-        if img is None:
+        both = getattr(model, "encode_image_and_roi", None)
+        if boxes is not None and self.region_mode == "roi" and self._region_embedder is None and callable(both):
+            # One backbone pass gives the images and their regions (the real backbones' adapters).
+            img, emb = both(pixels, boxes)
+            txt = model.encode_text(batch["tokens"])
+        else:
+            # Images, texts, then regions: with BatchNorm in training mode the order of passes matters.
             img = model.encode_image(pixels)
-        txt = model.encode_text(batch["tokens"])
+            txt = model.encode_text(batch["tokens"])
+            emb = None if boxes is None else self._embed(model, pixels, boxes)
         l_clip = clip_loss(img, txt, model.logit_scale())["loss"]
         labels = self._labels(batch, img.device)
-        if regions:
+        if emb is not None:
             ra = region_aware_loss(emb, torch.from_numpy(rows).to(img.device), self._spurious[sel].to(img.device),
                                    self._class_embeddings(model), labels, tau=cfg.tau,
                                    label_negatives=cfg.label_negatives)
