@@ -283,6 +283,11 @@ def fmt(x: float | None) -> str:
     return "  -  " if x is None or x != x else f"{x:.3f}"
 
 
+def fmt_rate(x: float) -> str:
+    """A throughput: whole numbers from 100 up, three significant digits below (0.31, 12.5)."""
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def print_table(rows: list[list[Any]], header: list[str]) -> None:
     """Print a plain aligned text table."""
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ravl.cli._common import (
     add_model_arguments,
     add_recipe_arguments,
+    fmt_rate,
     model_from_args,
     model_options,
     out_dir_arg,
@@ -49,7 +50,7 @@ def run(args) -> int:
     res = finetune(model, ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, init=init,
                    allow_data_change=args.allow_data_change, workers=args.workers)
     rows = [[h["epoch"], f"{h['train_loss']:.4f}", f"{h.get('val_loss', float('nan')):.4f}",
-             f"{h.get('val_zero_shot_accuracy', float('nan')):.3f}", f"{h['images_per_s']:.3g}"] for h in res.history]
+             f"{h.get('val_zero_shot_accuracy', float('nan')):.3f}", fmt_rate(h['images_per_s'])] for h in res.history]
     print_table(rows, ["epoch", "train loss", "val loss", "val zero-shot acc", "images/s"])
     if res.resumed_from:
         print(f"(resumed from epoch {res.resumed_from[0] + 1}, step {res.resumed_from[1]})")

@@ -12,6 +12,7 @@ from ravl.cli._common import (
     add_sharding_arguments,
     data_from_args,
     fmt,
+    fmt_rate,
     out_dir_arg,
     parse_features,
     parse_quantile,
@@ -221,7 +222,7 @@ def run(args) -> int:
         if lab.get("n_outside_threshold"):
             print(f"  ({lab['n_outside_threshold']} regions nearest to a spurious medoid but less similar to it than "
                   "the cluster's own members were left as candidate core; --assignment-quantile none keeps them)")
-    rows = [[h["epoch"], f"{h['train_loss']:.4f}", fmt(h.get("val_zero_shot_accuracy")), f"{h['images_per_s']:.3g}"]
+    rows = [[h["epoch"], f"{h['train_loss']:.4f}", fmt(h.get("val_zero_shot_accuracy")), fmt_rate(h['images_per_s'])]
             for h in res.history]
     print_table(rows, ["epoch", "train loss", "val zero-shot acc", "images/s"])
     if res.resumed_from:
