@@ -441,7 +441,8 @@ def discover(region_embeddings: np.ndarray, region_image_index: np.ndarray, imag
     if notes:
         msg = msg + " " + " ".join(notes)
     timings["total_s"] = time.perf_counter() - t0
-    logger.info("discover: %s", msg)
+    if status != "no_feature":  # the no-feature message was just given as a warning
+        logger.info("discover: %s", msg)
     return DiscoveryResult(status=status, message=msg, n_clusters=k, silhouette=sil, silhouette_positive=positive,
                            inertia=float(sweep.inertia), timings=timings,
                            medoid_indices=tuple(int(i) for i in medoids),
