@@ -134,3 +134,18 @@ def test_config_validation():
     with pytest.raises(ValueError, match="'epochs' parameter of FinetuneConfig must be an int"):
         FinetuneConfig(epochs=0)
     assert FinetuneConfig.from_dict(FinetuneConfig(lr=0.1).to_dict()) == FinetuneConfig(lr=0.1)
+
+
+def test_finished_run_keeps_no_optimiser_state_and_reruns_as_is(train_ds, tmp_path):
+    import torch
+
+    cfg = FinetuneConfig(epochs=1, batch_size=64, val_split=None)
+    ref = _model()
+    finetune(ref, train_ds, tmp_path, cfg, progress=False)
+    state = torch.load(tmp_path / "training_state.pt", weights_only=False)
+    assert state["finished"] and not {"model", "optimizer", "scheduler"} & set(state)
+    again = _model()  # fresh weights: the rerun must give back the finished run's
+    res = finetune(again, train_ds, tmp_path, cfg, progress=False)
+    assert res.resumed_from == (1, 0) and len(res.history) == 1
+    for k, v in ref.module.state_dict().items():
+        assert torch.equal(again.module.state_dict()[k], v), k

@@ -8,7 +8,9 @@ Layout of an output folder::
                                              (``init``) and the prompt templates mined from the
                                              training captions (``templates``)
     OUT/training_state.pt                    everything needed to resume (model, optimiser,
-                                             scheduler, position in the epoch, history)
+                                             scheduler, position in the epoch, history); once
+                                             the run is finished only its record (the weights
+                                             are the checkpoint's; no optimiser state is kept)
     OUT/history.json                         per-epoch metrics, human-readable
 
 Each file is written atomically, ``training_state.pt`` at every epoch end and at most every
@@ -36,7 +38,7 @@ from ravl.data.dataset import SPLITS, check_dataset
 from ravl.data.templates import templates_from_dataset
 from ravl.exceptions import CheckpointError, DatasetError, InvalidParameterError
 from ravl.models.base import check_model, set_load_record
-from ravl.models.checkpoint import save_checkpoint
+from ravl.models.checkpoint import read_checkpoint, save_checkpoint
 from ravl.training.losses import clip_loss
 from ravl.training.options import (
     FREEZE,
@@ -486,11 +488,14 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
     epoch, step_in_epoch, running = 0, 0, {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
     resumed_from = None
     if state is not None:
-        module.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
+        if state.get("finished"):  # the final weights are the checkpoint's (the state keeps no copy)
+            module.load_state_dict(read_checkpoint(out, expect_model=model.name)[2])
+        else:
+            module.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler") is not None:
+                scaler.load_state_dict(state["scaler"])
         epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
         history = list(state["history"])
         running = dict(state["running"])
@@ -588,7 +593,11 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
         running = {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
         # Model first, then the resume state: a crash in between replays the epoch's save only.
         save_checkpoint(model, out, extra={**ckpt_extra, "epochs_completed": epoch})
-        _save_state(out, snapshot())
+        if epoch < config.epochs:
+            _save_state(out, snapshot())
+        else:  # finished: no optimiser state (twice the model's size) is left on disk
+            _save_state(out, {**{k: v for k, v in snapshot().items()
+                                 if k not in ("model", "optimizer", "scheduler", "scaler")}, "finished": True})
         atomic_write_json(out / HISTORY_FILE, history)
         last_save = time.monotonic()
     if config.grad_checkpointing:
