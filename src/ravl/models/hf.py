@@ -543,7 +543,7 @@ def export_hf(model_or_checkpoint_dir: Any, out_dir: str | os.PathLike) -> Path:
     src = model.folder / PROCESSOR_FILE
     if src.resolve() != (out / PROCESSOR_FILE).resolve():
         shutil.copyfile(src, out / PROCESSOR_FILE)
-    logger.info("Exported %s to %s", model.name, out)
+    logger.debug("Exported %s to %s", model.name, out)
     return out
 
 

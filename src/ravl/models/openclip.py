@@ -761,7 +761,7 @@ def export_open_clip(model_or_checkpoint_dir: Any, out: str | os.PathLike) -> di
         atomic_write(out / LOCAL_DIR_CONFIG,
                      lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8"))
         kwargs = {}
-    logger.info("Exported %s to %s", model.name, out)
+    logger.debug("Exported %s to %s", model.name, out)
     return {"path": out, "arch": model.arch, "kwargs": kwargs}
 
 
