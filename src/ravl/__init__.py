@@ -42,6 +42,9 @@ _EXPORTS: dict[str, str] = {
     "evaluate": "ravl.evaluation.metrics",
     "EvaluationResult": "ravl.evaluation.metrics",
     "check_setting_validity": "ravl.evaluation.metrics",
+    # retrieval
+    "evaluate_retrieval": "ravl.retrieval.evaluate",
+    "RetrievalResult": "ravl.retrieval.evaluate",
     # discovery
     "discover": "ravl.discovery",
     "discover_from_model": "ravl.discovery.pipeline",

@@ -1,0 +1,34 @@
+"""A tiny captioned dataset folder built in memory (no network)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def write_caption_folder(root, n: int = 8, size: int = 32):
+    """``n`` coloured-square images; the test split holds the odd ones; image 1 has extra captions."""
+    from PIL import Image
+
+    from ravl.data.dataset import write_metadata
+
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 20)}
+    names = list(colours)
+    rows = []
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        c = names[i % len(names)]
+        img = Image.new("RGB", (size, size), (128, 128, 128))
+        img.paste(colours[c], (4 + i, 4, 20 + i, 20))
+        fn = f"images/{i:03d}.png"
+        img.save(root / fn)
+        row = {"file_name": fn, "caption": f"a {c} square", "label": c, "split": "test" if i % 2 else "train"}
+        if i == 1:
+            row["captions"] = [f"a {c} square", "a small square on grey", "a coloured block"]
+        rows.append(row)
+    write_metadata(root, rows)
+    return root
+
+
+@pytest.fixture()
+def caption_folder(tmp_path):
+    return write_caption_folder(tmp_path / "caps")

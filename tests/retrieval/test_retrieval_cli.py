@@ -1,0 +1,31 @@
+"""``ravl retrieval`` run in-process on a tiny synthetic folder with the built-in tiny model."""
+
+import json
+
+from ravl.cli import main
+from ravl.models import load_model, save_checkpoint
+
+
+def test_retrieval_cli_writes_json(caption_folder, tmp_path, capsys):
+    ck = save_checkpoint(load_model("tiny", seed=0), tmp_path / "ck")
+    out = tmp_path / "r.json"
+    assert main(["retrieval", "--checkpoint", str(ck), "--data", str(caption_folder), "--split", "test",
+                 "--json", str(out), "--quiet", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "image->text" in text and "text->image" in text and "R@10" in text and "wrote" in text
+    d = json.loads(out.read_text())
+    r = d["retrieval"]
+    assert r["n_images"] == 4 and r["n_captions"] == 6 and r["ks"] == [1, 5, 10] and r["split"] == "test"
+    # 4 images: every relevant item is within the top 10
+    assert r["image_to_text"]["recall@10"] == 1.0 and r["text_to_image"]["recall@10"] == 1.0
+    assert 0 < r["image_to_text"]["map"] <= 1 and d["model"] == "tiny"
+
+
+def test_retrieval_cli_errors(caption_folder, tmp_path, capsys):
+    assert main(["retrieval", "--data", str(tmp_path / "nope"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "nope" in err
+    assert main(["retrieval", "--data", str(caption_folder), "--ks", "0,5", "--quiet"]) == 2
+    assert "--ks" in capsys.readouterr().err
+    assert main(["retrieval", "--data", str(caption_folder), "--split", "val", "--quiet"]) == 1
+    assert "no row has split 'val'" in capsys.readouterr().err
