@@ -1,4 +1,5 @@
-"""Cross-modal retrieval: Recall@k and mAP of image->text and text->image retrieval, and ODmAP@k.
+"""Cross-modal retrieval: Recall@k and mAP of image->text and text->image retrieval, and ODmAP@k
+(:mod:`ravl.retrieval.odmap`, reconstructed).
 
 See docs/retrieval.md. Submodules: :mod:`ravl.retrieval.metrics` (ranking metrics over score
 matrices), :mod:`ravl.retrieval.evaluate` (a model over a dataset folder's captions).
@@ -13,6 +14,14 @@ from ravl.retrieval.metrics import (
     recall_at_k,
     relevant_ranks,
 )
+from ravl.retrieval.odmap import (
+    RELEVANCE_RULES,
+    ODmAPResult,
+    mentions,
+    odmap_at_k,
+    odmap_relevance,
+    rankings_from_scores,
+)
 
 __all__ = [
     "DEFAULT_KS",
@@ -26,4 +35,10 @@ __all__ = [
     "rank_relevance",
     "recall_at_k",
     "relevant_ranks",
+    "RELEVANCE_RULES",
+    "ODmAPResult",
+    "mentions",
+    "odmap_at_k",
+    "odmap_relevance",
+    "rankings_from_scores",
 ]
