@@ -32,3 +32,37 @@ def write_caption_folder(root, n: int = 8, size: int = 32):
 @pytest.fixture()
 def caption_folder(tmp_path):
     return write_caption_folder(tmp_path / "caps")
+
+
+def write_object_folder(root, n: int = 6, size: int = 32):
+    """``n`` images: a grey block (region 0, 'nine'); the even ones also a red square (region 3),
+    named in their 'caption' (their second caption, in 'captions', does not name it)."""
+    import numpy as np
+    from PIL import Image
+
+    from ravl.data.dataset import write_metadata
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    h = size // 2
+    rows = []
+    for i in range(n):
+        a = np.full((size, size, 3), 30, dtype=np.uint8)
+        a[2:h - 2, 2 + i % 3:h - 2] = 200
+        attrs = ["nine", "empty", "empty", "empty"]
+        cap = "the number is a nine"
+        if i % 2 == 0:
+            a[h + 2:size - 2, h + 2:size - 2] = (240, 20, 20)
+            attrs[3] = "red_square"
+            cap += " with a red square"
+        Image.fromarray(a).save(root / f"images/{i:03d}.png")
+        rows.append({"file_name": f"images/{i:03d}.png", "caption": cap, "label": "nine", "split": "test",
+                     "captions": [f"image {i} of a nine"],
+                     "boxes": [[0, 0, h, h], [h, 0, size, h], [0, h, h, size], [h, h, size, size]],
+                     "region_attributes": attrs})
+    write_metadata(root, rows)
+    return root
+
+
+@pytest.fixture()
+def object_folder(tmp_path):
+    return write_object_folder(tmp_path / "objects")

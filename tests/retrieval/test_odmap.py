@@ -67,3 +67,39 @@ def test_boolean_relevance_skipped_queries_and_rankings_from_scores():
     s = np.array([[0.1, 0.5, 0.5, 0.9]])
     assert rankings_from_scores(s, 3).tolist() == [[3, 1, 2]]
     assert rankings_from_scores(s, 10).shape == (1, 4)
+
+
+def test_evaluate_odmap_matches_the_parts(object_folder, tmp_path):
+    from ravl.data.dataset import load_dataset
+    from ravl.data.manipulation import manipulate_dataset
+    from ravl.models import load_model
+    from ravl.models.regions import embed_images, embed_texts
+    from ravl.retrieval import evaluate_odmap, image_captions
+
+    gallery = load_dataset(object_folder)
+    manipulate_dataset(gallery, tmp_path / "q", object="red_square", progress=False)
+    queries = load_dataset(tmp_path / "q")
+    model = load_model("tiny", seed=0)
+    for rule in ("own", "any"):
+        res = evaluate_odmap(model, queries, gallery, k=4, rule=rule, progress=False)
+        assert res.reconstructed and res.relevance == rule and res.n_queries == 3 and res.n_skipped == 0
+        caps = image_captions(gallery)
+        flat = [c for cs in caps for c in cs]
+        owner = np.repeat(np.arange(len(caps)), [len(c) for c in caps])
+        s = embed_images(model, queries, progress=False) @ embed_texts(model, flat).numpy().T
+        rel, mention = odmap_relevance([0, 2, 4], ["red square"] * 3, flat, owner, rule=rule)
+        want = odmap_at_k(rankings_from_scores(s, 4), rel, 4, mention=mention)
+        assert res.value == pytest.approx(want.value) and res.false_hits_at_k == pytest.approx(want.false_hits_at_k)
+        # own: the source image's second caption only; any: the 6 second captions + 3 square-free first ones
+        assert [len(r) for r in rel] == ([1, 1, 1] if rule == "own" else [9, 9, 9])
+
+
+def test_evaluate_odmap_needs_removal_records(object_folder):
+    from ravl.data.dataset import load_dataset
+    from ravl.exceptions import DatasetError
+    from ravl.models import load_model
+    from ravl.retrieval import evaluate_odmap
+
+    ds = load_dataset(object_folder)
+    with pytest.raises(DatasetError, match="no 'remove'"):
+        evaluate_odmap(load_model("tiny", seed=0), ds, ds, progress=False)

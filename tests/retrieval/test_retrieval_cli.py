@@ -29,3 +29,18 @@ def test_retrieval_cli_errors(caption_folder, tmp_path, capsys):
     assert "--ks" in capsys.readouterr().err
     assert main(["retrieval", "--data", str(caption_folder), "--split", "val", "--quiet"]) == 1
     assert "no row has split 'val'" in capsys.readouterr().err
+
+
+def test_retrieval_cli_with_odmap(object_folder, tmp_path, capsys):
+    from ravl.data.dataset import load_dataset
+    from ravl.data.manipulation import manipulate_dataset
+
+    manipulate_dataset(load_dataset(object_folder), tmp_path / "q", object="red_square", progress=False)
+    out = tmp_path / "r.json"
+    assert main(["retrieval", "--data", str(object_folder), "--odmap-queries", str(tmp_path / "q"),
+                 "--odmap-k", "3", "--relevance", "any", "--json", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert "ODmAP@3 (any relevance, reconstructed)" in capsys.readouterr().out
+    od = json.loads(out.read_text())["odmap"]
+    assert od["reconstructed"] is True and od["k"] == 3 and od["n_queries"] == 3 and 0 <= od["value"] <= 1
+    assert main(["retrieval", "--data", str(object_folder), "--odmap-queries", str(object_folder), "--quiet"]) == 1
+    assert "no 'remove'" in capsys.readouterr().err

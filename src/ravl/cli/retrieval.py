@@ -14,6 +14,7 @@ from ravl.cli._common import (
 from ravl.data.dataset import load_dataset
 from ravl.exceptions import InvalidParameterError
 from ravl.retrieval.evaluate import DEFAULT_KS, evaluate_retrieval
+from ravl.retrieval.odmap import RELEVANCE_RULES, evaluate_odmap
 
 DESCRIPTION = ("cross-modal retrieval of a model over a dataset folder: every image of the split queries every "
                "caption (relevant: its own captions) and every caption queries every image (relevant: its image); "
@@ -37,6 +38,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", default="test", choices=SPLIT_CHOICES, help="split to evaluate ('all' for every row)")
     parser.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="Recall@k cut-offs, comma-separated")
     parser.add_argument("--batch-size", type=int, default=128, help="images or captions per forward pass")
+    g = parser.add_argument_group("object decorrelation (ODmAP@k, reconstructed; see docs/retrieval.md)")
+    g.add_argument("--odmap-queries", default=None, metavar="DIR",
+                   help="dataset folder of object-removed query images (ravl.data.manipulation.manipulate_dataset "
+                        "with operation='remove', made from --data); adds ODmAP@k against --data's captions")
+    g.add_argument("--odmap-k", type=int, default=5, help="ODmAP cut-off k")
+    g.add_argument("--relevance", default="own", choices=list(RELEVANCE_RULES),
+                   help="which captions are relevant to a query: 'own' (its source image's captions that do not "
+                        "mention the removed object) or 'any' (every caption that does not mention it)")
     parser.add_argument("--json", default=None, type=out_file_arg, help="also write the results as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -45,7 +54,10 @@ def run(args) -> int:
     ks = _ks(args.ks)
     if args.batch_size < 1:
         raise InvalidParameterError(f"--batch-size must be >= 1; got {args.batch_size}")
+    if args.odmap_k < 1:
+        raise InvalidParameterError(f"--odmap-k must be >= 1; got {args.odmap_k}")
     split = None if args.split == "all" else args.split
+    queries = load_dataset(args.odmap_queries) if args.odmap_queries else None
     ds = load_dataset(args.data, split=split)  # an absent split is a data error (exit 1)
     model = model_from_args(args)
     res = evaluate_retrieval(model, ds, ks=ks, batch_size=args.batch_size, progress=not args.quiet)
@@ -55,9 +67,16 @@ def run(args) -> int:
             for name, d in (("image->text", res.image_to_text), ("text->image", res.text_to_image))]
     print_table(rows, header)
     print(f"rsum {res.rsum:.3f}")
+    out = {"retrieval": {**res.to_dict(), "split": args.split}, "model": model.name,
+           "checkpoint": args.checkpoint, "data": args.data}
+    if queries is not None:
+        od = evaluate_odmap(model, queries, ds, k=args.odmap_k, rule=args.relevance, batch_size=args.batch_size,
+                            progress=not args.quiet)
+        print(f"ODmAP@{od.k} ({od.relevance} relevance, reconstructed): {fmt(od.value)} over {od.n_queries} "
+              f"object-removed queries ({od.n_skipped} skipped); captions naming the removed object in the top "
+              f"{od.k}: {fmt(od.false_hits_at_k)}")
+        out["odmap"] = {**od.to_dict(), "queries": args.odmap_queries}
     if args.json:
-        out = {"retrieval": {**res.to_dict(), "split": args.split}, "model": model.name,
-               "checkpoint": args.checkpoint, "data": args.data}
         write_json(args.json, out)
         print(f"wrote {args.json}")
     return 0

@@ -17,6 +17,7 @@ from ravl.retrieval.metrics import (
 from ravl.retrieval.odmap import (
     RELEVANCE_RULES,
     ODmAPResult,
+    evaluate_odmap,
     mentions,
     odmap_at_k,
     odmap_relevance,
@@ -37,6 +38,7 @@ __all__ = [
     "relevant_ranks",
     "RELEVANCE_RULES",
     "ODmAPResult",
+    "evaluate_odmap",
     "mentions",
     "odmap_at_k",
     "odmap_relevance",

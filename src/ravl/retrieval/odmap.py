@@ -38,11 +38,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ravl.exceptions import InvalidParameterError
+from ravl.data.dataset import check_dataset
+from ravl.data.manipulation import MANIPULATION_KEY
+from ravl.exceptions import DatasetError, InvalidParameterError
+from ravl.models.base import check_model
+from ravl.models.regions import embed_images, embed_texts
+from ravl.retrieval.evaluate import _rows_by_line, image_captions
 from ravl.retrieval.metrics import average_precision_at_k
 from ravl.utils.validation import check_choice, check_int
 
-__all__ = ["RELEVANCE_RULES", "ODmAPResult", "mentions", "odmap_relevance", "rankings_from_scores", "odmap_at_k"]
+__all__ = ["RELEVANCE_RULES", "ODmAPResult", "mentions", "odmap_relevance", "rankings_from_scores", "odmap_at_k",
+           "evaluate_odmap"]
 
 #: How a caption becomes relevant to a query (see the module docstring).
 RELEVANCE_RULES = ("own", "any")
@@ -200,3 +206,55 @@ def odmap_at_k(rankings, relevant, k: int, *, mention=None, relevance: str = "gi
                        n_skipped=len(per_query) - len(counted), relevance=relevance,
                        false_hits_at_k=float(np.mean(false_hits)) if false_hits else float("nan"),
                        per_query=tuple(per_query))
+
+
+def evaluate_odmap(model, queries, gallery, *, k: int = 5, rule: str = "own", batch_size: int = 128,
+                   progress: bool = True) -> ODmAPResult:
+    """ODmAP@k of ``model``: object-removed query images against the captions of the original images.
+
+    Args:
+        model: A :class:`~ravl.models.VisionLanguageModel`.
+        queries: A :class:`~ravl.data.RegionDataset` written by
+            :func:`ravl.data.manipulation.manipulate_dataset` with ``operation="remove"``: each row's
+            ``manipulation`` names the removed object and its ``source_file``.
+        gallery: The dataset (or split) the queries were made from; its captions are the gallery
+            (an image's ``caption`` plus its ``captions`` / ``coco_captions``).
+        k: The cut-off.
+        rule: The relevance rule, ``"own"`` or ``"any"`` (module docstring).
+        batch_size: Images or captions per forward pass.
+        progress: Show progress bars.
+
+    Returns:
+        An :class:`ODmAPResult` (``reconstructed=True``); queries whose source image is not in the
+        gallery count as skipped under ``"own"``.
+
+    Raises:
+        DatasetError: Query rows without a ``remove`` manipulation record.
+    """
+    caller = "evaluate_odmap"
+    model = check_model(model, caller)
+    q_ds = check_dataset(queries, caller, "queries")
+    g_ds = check_dataset(gallery, caller, "gallery")
+    k = check_int(k, "k", caller, low=1)
+    check_choice(rule, "rule", caller, RELEVANCE_RULES)
+    if len(q_ds) == 0 or len(g_ds) == 0:
+        raise DatasetError(f"{caller} needs query images and gallery images; got {len(q_ds)} and {len(g_ds)}.")
+    rows = _rows_by_line(q_ds)
+    by_name = {r.file_name: r.index for r in g_ds}
+    source, removed = [], []
+    for r in q_ds:
+        rec = rows[r.line].get(MANIPULATION_KEY)
+        if not isinstance(rec, dict) or rec.get("op") != "remove":
+            raise DatasetError(f"{q_ds.metadata_path.name} line {r.line} ({r.file_name}) has no 'remove' "
+                               f"'{MANIPULATION_KEY}' record; make the queries with "
+                               "ravl.data.manipulation.manipulate_dataset(..., operation='remove').")
+        source.append(by_name.get(rec.get("source_file"), -1))
+        removed.append(rec.get("words") or rec["object"].replace("_", " "))
+    caps = image_captions(g_ds)
+    flat = [c for cs in caps for c in cs]
+    owner = np.repeat(np.arange(len(caps)), [len(c) for c in caps]).astype(np.int64)
+    img = torch.as_tensor(embed_images(model, q_ds, batch_size=batch_size, progress=progress))
+    txt = embed_texts(model, flat, batch_size=batch_size)
+    scores = img.to(model.device) @ txt.to(model.device).T
+    relevant, mention = odmap_relevance(source, removed, flat, owner, rule=rule)
+    return odmap_at_k(rankings_from_scores(scores, k), relevant, k, mention=mention, relevance=rule)
