@@ -45,6 +45,9 @@ _EXPORTS: dict[str, str] = {
     # retrieval
     "evaluate_retrieval": "ravl.retrieval.evaluate",
     "RetrievalResult": "ravl.retrieval.evaluate",
+    "evaluate_odmap": "ravl.retrieval.odmap",
+    "manipulate_dataset": "ravl.data.manipulation",
+    "make_cooccurrence_benchmark": "ravl.data.cooccurrence",
     # discovery
     "discover": "ravl.discovery",
     "discover_from_model": "ravl.discovery.pipeline",
