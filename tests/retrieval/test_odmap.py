@@ -80,18 +80,26 @@ def test_evaluate_odmap_matches_the_parts(object_folder, tmp_path):
     manipulate_dataset(gallery, tmp_path / "q", object="red_square", progress=False)
     queries = load_dataset(tmp_path / "q")
     model = load_model("tiny", seed=0)
-    for rule in ("own", "any"):
-        res = evaluate_odmap(model, queries, gallery, k=4, rule=rule, progress=False)
-        assert res.reconstructed and res.relevance == rule and res.n_queries == 3 and res.n_skipped == 0
-        caps = image_captions(gallery)
-        flat = [c for cs in caps for c in cs]
-        owner = np.repeat(np.arange(len(caps)), [len(c) for c in caps])
-        s = embed_images(model, queries, progress=False) @ embed_texts(model, flat).numpy().T
-        rel, mention = odmap_relevance([0, 2, 4], ["red square"] * 3, flat, owner, rule=rule)
-        want = odmap_at_k(rankings_from_scores(s, 4), rel, 4, mention=mention)
-        assert res.value == pytest.approx(want.value) and res.false_hits_at_k == pytest.approx(want.false_hits_at_k)
-        # own: the source image's second caption only; any: the 6 second captions + 3 square-free first ones
-        assert [len(r) for r in rel] == ([1, 1, 1] if rule == "own" else [9, 9, 9])
+    caps = image_captions(gallery)
+    flat = [c for cs in caps for c in cs]
+    owner = np.repeat(np.arange(len(caps)), [len(c) for c in caps]).tolist()
+    for edited in (False, True):
+        # the text side of the manipulation: each query's edited caption joins its source image's captions
+        g_caps = flat + (["the number is a nine"] * 3 if edited else [])
+        g_owner = owner + ([0, 2, 4] if edited else [])
+        s = embed_images(model, queries, progress=False) @ embed_texts(model, g_caps).numpy().T
+        for rule in ("own", "any"):
+            res = evaluate_odmap(model, queries, gallery, k=4, rule=rule, edited_captions=edited, progress=False)
+            assert res.reconstructed and res.relevance == rule and res.n_queries == 3 and res.n_skipped == 0
+            assert res.meta["n_gallery_captions"] == len(g_caps) and res.meta["edited_captions"] is edited
+            rel, mention = odmap_relevance([0, 2, 4], ["red square"] * 3, g_caps, g_owner, rule=rule)
+            want = odmap_at_k(rankings_from_scores(s, 4), rel, 4, mention=mention)
+            assert res.value == pytest.approx(want.value)
+            assert res.false_hits_at_k == pytest.approx(want.false_hits_at_k)
+            # own: the source's second caption (+ the edited one); any: 6 second captions + 3 square-free
+            # first ones (+ 3 edited)
+            assert [len(r) for r in rel] == [[1, 1, 1], [2, 2, 2], [9, 9, 9], [12, 12, 12]][
+                2 * (rule == "any") + edited]
 
 
 def test_evaluate_odmap_needs_removal_records(object_folder):

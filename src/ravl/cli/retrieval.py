@@ -46,6 +46,9 @@ def add_arguments(parser) -> None:
     g.add_argument("--relevance", default="own", choices=list(RELEVANCE_RULES),
                    help="which captions are relevant to a query: 'own' (its source image's captions that do not "
                         "mention the removed object) or 'any' (every caption that does not mention it)")
+    g.add_argument("--no-edited-captions", action="store_true",
+                   help="gallery of the original captions only (default: the queries' edited captions join it, as "
+                        "captions of their source images)")
     parser.add_argument("--json", default=None, type=out_file_arg, help="also write the results as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -70,7 +73,8 @@ def run(args) -> int:
     out = {"retrieval": {**res.to_dict(), "split": args.split}, "model": model.name,
            "checkpoint": args.checkpoint, "data": args.data}
     if queries is not None:
-        od = evaluate_odmap(model, queries, ds, k=args.odmap_k, rule=args.relevance, batch_size=args.batch_size,
+        od = evaluate_odmap(model, queries, ds, k=args.odmap_k, rule=args.relevance,
+                            edited_captions=not args.no_edited_captions, batch_size=args.batch_size,
                             progress=not args.quiet)
         print(f"ODmAP@{od.k} ({od.relevance} relevance, reconstructed): {fmt(od.value)} over {od.n_queries} "
               f"object-removed queries ({od.n_skipped} skipped); captions naming the removed object in the top "

@@ -95,12 +95,17 @@ def _rows_by_line(ds: RegionDataset) -> dict[int, dict]:
     return out
 
 
-def image_captions(dataset: RegionDataset) -> list[list[str]]:
+def image_captions(dataset: RegionDataset, *, required: bool = True) -> list[list[str]]:
     """Every caption of each image of ``dataset``: its ``caption``, then its ``captions`` /
     ``coco_captions`` strings, stripped, without repeats (in that order).
 
+    Args:
+        dataset: A :class:`~ravl.data.RegionDataset`.
+        required: Whether every image must have a caption (else an image may get an empty list).
+
     Raises:
-        DatasetError: An image with no caption, or a ``captions`` value that is not a list of strings.
+        DatasetError: An image with no caption (when ``required``), or a ``captions`` value that is
+            not a list of strings.
     """
     ds = check_dataset(dataset, "image_captions")
     rows = _rows_by_line(ds) if len(ds) else {}
@@ -121,7 +126,7 @@ def image_captions(dataset: RegionDataset) -> list[list[str]]:
             if c and c not in seen:
                 seen.add(c)
                 kept.append(c)
-        if not kept:
+        if not kept and required:
             raise DatasetError(f"{ds.metadata_path.name} line {r.line} ({r.file_name}) has no caption; retrieval "
                                "needs a 'caption' (or a 'captions' list) on every row of the split it uses.")
         out.append(kept)

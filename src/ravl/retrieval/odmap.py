@@ -30,6 +30,7 @@ Shape symbols: Q queries, G gallery captions.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -68,6 +69,7 @@ class ODmAPResult:
             object (NaN when mentions were not given).
         per_query: AP@k of every query, in query order (NaN for a skipped one).
         reconstructed: Always True: the definition is reconstructed (module docstring).
+        meta: How the gallery was formed (by :func:`evaluate_odmap`).
     """
 
     k: int
@@ -78,6 +80,7 @@ class ODmAPResult:
     false_hits_at_k: float = float("nan")
     per_query: tuple[float, ...] = field(default=(), repr=False)
     reconstructed: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -208,8 +211,8 @@ def odmap_at_k(rankings, relevant, k: int, *, mention=None, relevance: str = "gi
                        per_query=tuple(per_query))
 
 
-def evaluate_odmap(model, queries, gallery, *, k: int = 5, rule: str = "own", batch_size: int = 128,
-                   progress: bool = True) -> ODmAPResult:
+def evaluate_odmap(model, queries, gallery, *, k: int = 5, rule: str = "own", edited_captions: bool = True,
+                   batch_size: int = 128, progress: bool = True) -> ODmAPResult:
     """ODmAP@k of ``model``: object-removed query images against the captions of the original images.
 
     Args:
@@ -221,6 +224,9 @@ def evaluate_odmap(model, queries, gallery, *, k: int = 5, rule: str = "own", ba
             (an image's ``caption`` plus its ``captions`` / ``coco_captions``).
         k: The cut-off.
         rule: The relevance rule, ``"own"`` or ``"any"`` (module docstring).
+        edited_captions: Also put each query's edited captions (those not among its source
+            image's captions) in the gallery, as captions of its source image: the text side of the manipulation, so that a source image whose every
+            caption names the object (one synthetic caption per image) still has a relevant caption.
         batch_size: Images or captions per forward pass.
         progress: Show progress bars.
 
@@ -252,9 +258,19 @@ def evaluate_odmap(model, queries, gallery, *, k: int = 5, rule: str = "own", ba
         removed.append(rec.get("words") or rec["object"].replace("_", " "))
     caps = image_captions(g_ds)
     flat = [c for cs in caps for c in cs]
-    owner = np.repeat(np.arange(len(caps)), [len(c) for c in caps]).astype(np.int64)
+    owner_list = [i for i, cs in enumerate(caps) for _ in cs]
+    n_original = len(flat)
+    if edited_captions:
+        for src, cs in zip(source, image_captions(q_ds, required=False)):
+            new = [c for c in cs if c not in caps[src]] if src >= 0 else []  # the edited ones only
+            flat.extend(new)
+            owner_list.extend([src] * len(new))
+    owner = np.asarray(owner_list, dtype=np.int64)
     img = torch.as_tensor(embed_images(model, q_ds, batch_size=batch_size, progress=progress))
     txt = embed_texts(model, flat, batch_size=batch_size)
     scores = img.to(model.device) @ txt.to(model.device).T
     relevant, mention = odmap_relevance(source, removed, flat, owner, rule=rule)
-    return odmap_at_k(rankings_from_scores(scores, k), relevant, k, mention=mention, relevance=rule)
+    res = odmap_at_k(rankings_from_scores(scores, k), relevant, k, mention=mention, relevance=rule)
+    meta = {"n_gallery_captions": len(flat), "n_original_captions": n_original, "edited_captions": edited_captions,
+            "n_query_sources_found": int(sum(s >= 0 for s in source))}
+    return dataclasses.replace(res, meta=meta)
