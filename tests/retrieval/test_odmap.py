@@ -37,6 +37,17 @@ def test_relevance_rules():
         odmap_relevance(SOURCE, REMOVED, CAPTIONS, OWNER, rule="mine")
 
 
+def test_own_rule_counts_captions_with_the_same_text():
+    caps = ["A dog  on grass", "a dog with a frisbee", "a dog on grass", "a cat"]
+    rel, _ = odmap_relevance([0], ["frisbee"], caps, [0, 0, 1, 2], rule="own")
+    assert rel[0].tolist() == [0, 2]  # caption 2 (image 1) reads the same as caption 0 of the source
+    rel, _ = odmap_relevance([0], ["frisbee"], caps, [0, 0, 1, 2], rule="own", same_text=False)
+    assert rel[0].tolist() == [0]
+    # ranking 2, 1, 0: with same_text rel = T F T, R = 2 -> (1/1 + 2/3) / 2; without: F F T, R = 1 -> 1/3
+    assert odmap_at_k([[2, 1, 0]], [[0, 2]], 3).value == pytest.approx((1 + 2 / 3) / 2)
+    assert odmap_at_k([[2, 1, 0]], [[0]], 3).value == pytest.approx(1 / 3)
+
+
 def test_odmap_own_rule_by_hand():
     rel, mention = odmap_relevance(SOURCE, REMOVED, CAPTIONS, OWNER, rule="own")
     res = odmap_at_k(RANKINGS, rel, 3, mention=mention, relevance="own")
@@ -96,9 +107,10 @@ def test_evaluate_odmap_matches_the_parts(object_folder, tmp_path):
             want = odmap_at_k(rankings_from_scores(s, 4), rel, 4, mention=mention)
             assert res.value == pytest.approx(want.value)
             assert res.false_hits_at_k == pytest.approx(want.false_hits_at_k)
-            # own: the source's second caption (+ the edited one); any: 6 second captions + 3 square-free
-            # first ones (+ 3 edited)
-            assert [len(r) for r in rel] == [[1, 1, 1], [2, 2, 2], [9, 9, 9], [12, 12, 12]][
+            # own: the source's second caption; with the edited captions also its edited one, whose text
+            # ("the number is a nine") is that of the 3 odd images' first captions and of the 2 other
+            # edited ones (same_text). any: 6 second captions + 3 square-free first ones (+ 3 edited)
+            assert [len(r) for r in rel] == [[1, 1, 1], [7, 7, 7], [9, 9, 9], [12, 12, 12]][
                 2 * (rule == "any") + edited]
 
 

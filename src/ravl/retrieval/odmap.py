@@ -19,7 +19,7 @@ What is and is not confirmed (results carry ``"reconstructed": true``):
   value of k. The relevance rule is therefore a parameter:
 
   - ``"own"`` (default): the captions of the query's source image that do not mention the removed
-    object.
+    object (and, with ``same_text``, captions of other images with the very same text).
   - ``"any"``: every gallery caption that does not mention the removed object.
 
 A mention is a whole-word, case-insensitive match of the object's name or of one of its given
@@ -111,7 +111,7 @@ def mentions(caption: str, words: str | Sequence[str]) -> bool:
 
 def odmap_relevance(query_source: Sequence[int], removed: Sequence[str | Sequence[str]],
                     gallery_captions: Sequence[str], gallery_image: Sequence[int], *,
-                    rule: str = "own") -> tuple[list[np.ndarray], np.ndarray]:
+                    rule: str = "own", same_text: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
     """The relevant captions of each object-removed query, and which gallery captions mention its object.
 
     Args:
@@ -120,6 +120,10 @@ def odmap_relevance(query_source: Sequence[int], removed: Sequence[str | Sequenc
         gallery_captions: The G gallery captions.
         gallery_image: The image each gallery caption belongs to.
         rule: ``"own"`` or ``"any"`` (:data:`RELEVANCE_RULES`).
+        same_text: Under ``"own"``, also count as relevant a caption of another image whose text is
+            the same (case and white space aside) as a relevant caption of the source image; such
+            a caption scores exactly the same, so without this ties decide (synthetic captions
+            repeat a lot).
 
     Returns:
         ``(relevant, mention)``: per query the sorted indices of its relevant captions, and a
@@ -142,11 +146,15 @@ def odmap_relevance(query_source: Sequence[int], removed: Sequence[str | Sequenc
             pat = _pattern(obj)
             cache[key] = np.array([bool(pat.search(c)) for c in gallery_captions], dtype=bool)
         mention[q] = cache[key]
+    norm = np.array([" ".join(c.lower().split()) for c in gallery_captions], dtype=object)
     relevant = []
     for q, src in enumerate(query_source):
         ok = ~mention[q]
         if rule == "own":
-            ok &= owner == int(src)
+            own = ok & (owner == int(src))
+            if same_text and own.any():
+                own |= ok & np.isin(norm, norm[own])
+            ok = own
         relevant.append(np.flatnonzero(ok))
     return relevant, mention
 
@@ -212,7 +220,7 @@ def odmap_at_k(rankings, relevant, k: int, *, mention=None, relevance: str = "gi
 
 
 def evaluate_odmap(model, queries, gallery, *, k: int = 5, rule: str = "own", edited_captions: bool = True,
-                   batch_size: int = 128, progress: bool = True) -> ODmAPResult:
+                   same_text: bool = True, batch_size: int = 128, progress: bool = True) -> ODmAPResult:
     """ODmAP@k of ``model``: object-removed query images against the captions of the original images.
 
     Args:
@@ -227,6 +235,7 @@ def evaluate_odmap(model, queries, gallery, *, k: int = 5, rule: str = "own", ed
         edited_captions: Also put each query's edited captions (those not among its source
             image's captions) in the gallery, as captions of its source image: the text side of the manipulation, so that a source image whose every
             caption names the object (one synthetic caption per image) still has a relevant caption.
+        same_text: See :func:`odmap_relevance`.
         batch_size: Images or captions per forward pass.
         progress: Show progress bars.
 
@@ -269,8 +278,9 @@ def evaluate_odmap(model, queries, gallery, *, k: int = 5, rule: str = "own", ed
     img = torch.as_tensor(embed_images(model, q_ds, batch_size=batch_size, progress=progress))
     txt = embed_texts(model, flat, batch_size=batch_size)
     scores = img.to(model.device) @ txt.to(model.device).T
-    relevant, mention = odmap_relevance(source, removed, flat, owner, rule=rule)
+    relevant, mention = odmap_relevance(source, removed, flat, owner, rule=rule, same_text=same_text)
     res = odmap_at_k(rankings_from_scores(scores, k), relevant, k, mention=mention, relevance=rule)
     meta = {"n_gallery_captions": len(flat), "n_original_captions": n_original, "edited_captions": edited_captions,
+            "same_text": same_text,
             "n_query_sources_found": int(sum(s >= 0 for s in source))}
     return dataclasses.replace(res, meta=meta)
