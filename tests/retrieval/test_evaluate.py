@@ -12,8 +12,9 @@ from ravl.models.regions import embed_images, embed_texts
 from ravl.retrieval import RetrievalResult, evaluate_retrieval, image_captions
 
 
-def _by_full_sort(sim, owner, ks):
-    """Recall@k and mAP from whole stable argsorts (a second implementation)."""
+def _by_full_sort(sim, owner, ks, texts=None):
+    """Recall@k and mAP from whole stable argsorts (a second implementation); with ``texts``,
+    relevance by equal caption text."""
     def one(s, rel_sets):
         rec = {k: [] for k in ks}
         aps = []
@@ -26,8 +27,13 @@ def _by_full_sort(sim, owner, ks):
             aps.append(np.mean(np.arange(1, len(pos) + 1) / pos))
         return {**{f"recall@{k}": float(np.mean(v)) for k, v in rec.items()}, "map": float(np.mean(aps))}
 
-    i2t = one(sim, [set(np.flatnonzero(owner == i)) for i in range(sim.shape[0])])
-    t2i = one(sim.T, [{int(i)} for i in owner])
+    if texts is None:
+        i2t = one(sim, [set(np.flatnonzero(owner == i)) for i in range(sim.shape[0])])
+        t2i = one(sim.T, [{int(i)} for i in owner])
+    else:
+        t = np.array(texts, dtype=object)
+        i2t = one(sim, [set(np.flatnonzero(np.isin(t, t[owner == i]))) for i in range(sim.shape[0])])
+        t2i = one(sim.T, [set(owner[t == t[j]].tolist()) for j in range(len(t))])
     return i2t, t2i
 
 
@@ -57,6 +63,24 @@ def test_evaluate_retrieval_matches_a_full_sort(caption_folder):
     assert RetrievalResult.from_dict(d) == res
     recalls = [v for d_ in (i2t, t2i) for k, v in d_.items() if k.startswith("recall@")]
     assert d["rsum"] == pytest.approx(sum(recalls))
+
+
+def test_same_text_relevance(caption_folder):
+    model = load_model("tiny", seed=0)
+    ds = load_dataset(caption_folder)
+    res = evaluate_retrieval(model, ds, split="test", ks=(1, 2), same_text=True, progress=False)
+    test = ds.subset("test")
+    caps = image_captions(test)  # images 0 and 2 of the split are both "a green square"
+    flat = [c for cs in caps for c in cs]
+    assert flat.count("a green square") == 2
+    owner = np.repeat(np.arange(len(caps)), [len(c) for c in caps])
+    sim = embed_images(model, test, progress=False) @ embed_texts(model, flat).numpy().T
+    i2t, t2i = _by_full_sort(sim, owner, (1, 2), texts=flat)
+    for k, v in i2t.items():
+        assert res.image_to_text[k] == pytest.approx(v, abs=1e-6), k
+    for k, v in t2i.items():
+        assert res.text_to_image[k] == pytest.approx(v, abs=1e-6), k
+    assert res.meta["same_text"] is True
 
 
 def test_bad_input(caption_folder, tmp_path):

@@ -38,6 +38,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", default="test", choices=SPLIT_CHOICES, help="split to evaluate ('all' for every row)")
     parser.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="Recall@k cut-offs, comma-separated")
     parser.add_argument("--batch-size", type=int, default=128, help="images or captions per forward pass")
+    parser.add_argument("--same-text", action="store_true",
+                        help="captions with the same text as a relevant caption count as relevant too (for data "
+                             "whose captions repeat, like the synthetic settings); default: own captions only")
     g = parser.add_argument_group("object decorrelation (ODmAP@k, reconstructed; see docs/retrieval.md)")
     g.add_argument("--odmap-queries", default=None, metavar="DIR",
                    help="dataset folder of object-removed query images (ravl.data.manipulation.manipulate_dataset "
@@ -63,7 +66,8 @@ def run(args) -> int:
     queries = load_dataset(args.odmap_queries) if args.odmap_queries else None
     ds = load_dataset(args.data, split=split)  # an absent split is a data error (exit 1)
     model = model_from_args(args)
-    res = evaluate_retrieval(model, ds, ks=ks, batch_size=args.batch_size, progress=not args.quiet)
+    res = evaluate_retrieval(model, ds, ks=ks, batch_size=args.batch_size, same_text=args.same_text,
+                             progress=not args.quiet)
     print(f"split {args.split!r}: {res.n_images} images, {res.n_captions} captions")
     header = ["direction", *(f"R@{k}" for k in res.ks), "mAP"]
     rows = [[name, *(fmt(d[f"recall@{k}"]) for k in res.ks), fmt(d["map"])]

@@ -165,7 +165,7 @@ def _summary(ranks: list[np.ndarray], ks: Sequence[int]) -> dict[str, float]:
 
 
 def evaluate_retrieval(model, dataset: RegionDataset, *, split: str | None = None,
-                       ks: Sequence[int] = DEFAULT_KS, batch_size: int = 128,
+                       ks: Sequence[int] = DEFAULT_KS, batch_size: int = 128, same_text: bool = False,
                        progress: bool = True) -> RetrievalResult:
     """Image->text and text->image Recall@k and mAP of ``model`` over ``dataset``'s captions.
 
@@ -176,6 +176,11 @@ def evaluate_retrieval(model, dataset: RegionDataset, *, split: str | None = Non
         split: Evaluate only this split (``None``: every row).
         ks: Recall cut-offs.
         batch_size: Images or captions per forward pass.
+        same_text: Also count as relevant a caption of another image with the same text as one of the
+            query image's captions (case and white space aside), and, text->image, every image that
+            has a caption with the query's text. Off by default (the usual protocol: only the
+            image's own captions); useful where captions repeat (synthetic settings), since
+            identical captions score the same and only ties would decide.
         progress: Show progress bars (``RAVL_PROGRESS=0`` turns them off).
 
     Returns:
@@ -202,9 +207,19 @@ def evaluate_retrieval(model, dataset: RegionDataset, *, split: str | None = Non
     caps = image_captions(ds)
     sim, owner = retrieval_scores(model, ds, caps, batch_size=batch_size, progress=progress)
     per_image = [np.flatnonzero(owner == i) for i in range(len(ds))]
+    per_caption = [[int(i)] for i in owner]
+    if same_text:
+        norm = [" ".join(c.lower().split()) for cs in caps for c in cs]
+        captions_of: dict[str, list[int]] = {}
+        images_of: dict[str, set[int]] = {}
+        for j, t in enumerate(norm):
+            captions_of.setdefault(t, []).append(j)
+            images_of.setdefault(t, set()).add(int(owner[j]))
+        per_image = [sorted({j for t in {norm[c] for c in own} for j in captions_of[t]}) for own in per_image]
+        per_caption = [sorted(images_of[t]) for t in norm]
     i2t = relevant_ranks(sim, per_image)
-    t2i = relevant_ranks(sim.T, [[int(i)] for i in owner])
-    meta = {"model": getattr(model, "name", type(model).__name__), "batch_size": batch_size,
+    t2i = relevant_ranks(sim.T, per_caption)
+    meta = {"model": getattr(model, "name", type(model).__name__), "batch_size": batch_size, "same_text": same_text,
             "device": str(model.device), "captions_per_image": {
                 "min": min(map(len, caps)), "max": max(map(len, caps)),
                 "mean": round(float(np.mean([len(c) for c in caps])), 4)}}
