@@ -35,6 +35,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--k", type=int, default=5, help="ODmAP cut-off")
     p.add_argument("--methods", nargs="+", default=["standard", "decorrelate"], choices=["standard", "decorrelate"])
+    p.add_argument("--query-fill", default="ring", choices=["ring", "diffuse"], help="fill of the ODmAP queries")
+    p.add_argument("--train-fill", default="ring", choices=["ring", "diffuse"],
+                   help="fill of decorrelate's removed pairs (another fill than the queries' tests whether the "
+                        "gain survives a change of the removal artefact)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--work", default="benchmarks/results/retrieval_odmap")
@@ -62,9 +66,10 @@ def main(argv=None) -> int:
         train = load_dataset(s.train_dir, split="train")
         test = load_dataset(s.eval_dir, split="test")
         both = [r.index for r in test if a in r.region_attributes and b in r.region_attributes]
-        qdir = work / f"queries_without_{a}"
+        qdir = work / f"queries_without_{a}_{args.query_fill}"
         if not (qdir / "metadata.jsonl").is_file():
-            manipulate_dataset(test.subset(indices=both), qdir, object=a, operation="remove", progress=False)
+            manipulate_dataset(test.subset(indices=both), qdir, object=a, operation="remove", method=args.query_fill,
+                               progress=False)
         queries = load_dataset(qdir)
         for method in args.methods:
             t0 = time.monotonic()
@@ -75,10 +80,11 @@ def main(argv=None) -> int:
                 ctx = MitigationContext(train=train, labels=np.zeros(len(train), dtype=np.int64),
                                         classes=list(train.classes), templates=("{}",), labelling=None, finetune=cfg,
                                         start="init", region_mode="masked", load_audited=lambda: None)
-                objective = decorrelate_method(ctx, DecorrelateConfig(object=a)).objective
-            finetune(model, train, work / method, cfg, objective=objective, progress=False,
+                objective = decorrelate_method(ctx, DecorrelateConfig(object=a, fill=args.train_fill)).objective
+            run_dir = work / (method if method == "standard" else f"{method}_{args.train_fill}")
+            finetune(model, train, run_dir, cfg, objective=objective, progress=False,
                      init={"model": "tiny", "seed": args.seed, "checkpoint": None},
-                     run_info={"method": method})
+                     run_info={"method": method, "fill": args.train_fill if method == "decorrelate" else None})
             r = evaluate_retrieval(model, test, same_text=True, progress=False)  # captions repeat
             od = {rule: evaluate_odmap(model, queries, test, k=args.k, rule=rule, progress=False)
                   for rule in ("any", "own")}
@@ -100,7 +106,7 @@ def main(argv=None) -> int:
               f"{i2t['recall@10']:>6.3f} {i2t['map']:>6.3f} {t2i['recall@1']:>8.3f} {t2i['map']:>6.3f} "
               f"{od['any']['value']:>10.3f} {od['own']['value']:>6.3f} {od['any']['false_hits_at_k']:>10.3f}")
     out = {"benchmark": "retrieval_odmap", "objects": [a, b], "n_train": args.n_train, "n_eval": args.n_eval,
-           "epochs": args.epochs, "k": args.k, "seed": args.seed, "reconstructed": True, "rows": rows}
+           "epochs": args.epochs, "k": args.k, "query_fill": args.query_fill, "train_fill": args.train_fill, "seed": args.seed, "reconstructed": True, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, json.loads(json.dumps(out)))
     print(f"wrote {args.out}")
