@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             run_dir = work / (method if method == "standard" else f"{method}_{args.train_fill}")
             finetune(model, train, run_dir, cfg, objective=objective, progress=False,
                      init={"model": "tiny", "seed": args.seed, "checkpoint": None},
-                     run_info={"method": method, "fill": args.train_fill if method == "decorrelate" else None})
+                     run_info={"method": method, **({"fill": args.train_fill} if method == "decorrelate" else {})})
             r = evaluate_retrieval(model, test, same_text=True, progress=False)  # captions repeat
             od = {rule: evaluate_odmap(model, queries, test, k=args.k, rule=rule, progress=False)
                   for rule in ("any", "own")}
