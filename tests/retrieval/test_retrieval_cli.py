@@ -18,7 +18,9 @@ def test_retrieval_cli_writes_json(caption_folder, tmp_path, capsys):
     assert r["n_images"] == 4 and r["n_captions"] == 6 and r["ks"] == [1, 5, 10] and r["split"] == "test"
     # 4 images: every relevant item is within the top 10
     assert r["image_to_text"]["recall@10"] == 1.0 and r["text_to_image"]["recall@10"] == 1.0
-    assert 0 < r["image_to_text"]["map"] <= 1 and d["model"] == "tiny"
+    assert 0 < r["image_to_text"]["map"] <= 1 and d["model"] == "tiny" and r["meta"]["same_text"] is False
+    assert main(["retrieval", "--data", str(caption_folder), "--same-text", "--json", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["retrieval"]["meta"]["same_text"] is True
 
 
 def test_retrieval_cli_errors(caption_folder, tmp_path, capsys):
