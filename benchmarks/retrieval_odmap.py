@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-fill", default="ring", choices=["ring", "diffuse"],
                    help="fill of decorrelate's removed pairs (another fill than the queries' tests whether the "
                         "gain survives a change of the removal artefact)")
+    p.add_argument("--paste-weight", type=float, default=1.0, help="decorrelate's weight of the pasted pairs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--work", default="benchmarks/results/retrieval_odmap")
@@ -80,11 +81,13 @@ def main(argv=None) -> int:
                 ctx = MitigationContext(train=train, labels=np.zeros(len(train), dtype=np.int64),
                                         classes=list(train.classes), templates=("{}",), labelling=None, finetune=cfg,
                                         start="init", region_mode="masked", load_audited=lambda: None)
-                objective = decorrelate_method(ctx, DecorrelateConfig(object=a, fill=args.train_fill)).objective
-            run_dir = work / (method if method == "standard" else f"{method}_{args.train_fill}")
+                objective = decorrelate_method(ctx, DecorrelateConfig(object=a, fill=args.train_fill,
+                                                                        paste_weight=args.paste_weight)).objective
+            run_dir = work / (method if method == "standard" else f"{method}_{args.train_fill}_p{args.paste_weight}")
             finetune(model, train, run_dir, cfg, objective=objective, progress=False,
                      init={"model": "tiny", "seed": args.seed, "checkpoint": None},
-                     run_info={"method": method, **({"fill": args.train_fill} if method == "decorrelate" else {})})
+                     run_info={"method": method, **({"fill": args.train_fill, "paste_weight": args.paste_weight}
+                                                             if method == "decorrelate" else {})})
             r = evaluate_retrieval(model, test, same_text=True, progress=False)  # captions repeat
             od = {rule: evaluate_odmap(model, queries, test, k=args.k, rule=rule, progress=False)
                   for rule in ("any", "own")}
@@ -106,7 +109,8 @@ def main(argv=None) -> int:
               f"{i2t['recall@10']:>6.3f} {i2t['map']:>6.3f} {t2i['recall@1']:>8.3f} {t2i['map']:>6.3f} "
               f"{od['any']['value']:>10.3f} {od['own']['value']:>6.3f} {od['any']['false_hits_at_k']:>10.3f}")
     out = {"benchmark": "retrieval_odmap", "objects": [a, b], "n_train": args.n_train, "n_eval": args.n_eval,
-           "epochs": args.epochs, "k": args.k, "query_fill": args.query_fill, "train_fill": args.train_fill, "seed": args.seed, "reconstructed": True, "rows": rows}
+           "epochs": args.epochs, "k": args.k, "query_fill": args.query_fill, "train_fill": args.train_fill,
+           "paste_weight": args.paste_weight, "seed": args.seed, "reconstructed": True, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, json.loads(json.dumps(out)))
     print(f"wrote {args.out}")
