@@ -24,7 +24,7 @@ STAGES = {
     "ravl": 0, "ravl._version": 0, "ravl.exceptions": 0, "ravl.utils": 0,
     "ravl.data": 1,
     "ravl.models": 2,
-    "ravl.zeroshot": 3,
+    "ravl.zeroshot": 3, "ravl.retrieval": 3,
     "ravl.discovery": 4,
     "ravl.training": 5,
     "ravl.mitigation": 6,

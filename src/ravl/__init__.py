@@ -42,6 +42,12 @@ _EXPORTS: dict[str, str] = {
     "evaluate": "ravl.evaluation.metrics",
     "EvaluationResult": "ravl.evaluation.metrics",
     "check_setting_validity": "ravl.evaluation.metrics",
+    # retrieval
+    "evaluate_retrieval": "ravl.retrieval.evaluate",
+    "RetrievalResult": "ravl.retrieval.evaluate",
+    "evaluate_odmap": "ravl.retrieval.odmap",
+    "manipulate_dataset": "ravl.data.manipulation",
+    "make_cooccurrence_benchmark": "ravl.data.cooccurrence",
     # discovery
     "discover": "ravl.discovery",
     "discover_from_model": "ravl.discovery.pipeline",

@@ -34,6 +34,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("finetune", "ravl.cli.finetune", "fine-tune a model on image-caption pairs (symmetric InfoNCE), resumable"),
     ("evaluate", "ravl.cli.evaluate",
      "zero-shot accuracy: overall, per class, per (class x spurious feature) group, worst group"),
+    ("retrieval", "ravl.cli.retrieval",
+     "image->text and text->image retrieval: Recall@1/5/10 and mAP over a dataset folder's captions"),
     ("audit", "ravl.cli.audit",
      "validate + evaluate + discover + one report page, for a checkpoint and a labelled folder"),
     ("discover", "ravl.cli.discover",

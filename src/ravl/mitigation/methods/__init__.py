@@ -6,3 +6,4 @@ from ravl.mitigation.methods import vl  # noqa: F401,I001
 from ravl.mitigation.methods import spurious_aware  # noqa: F401,I001
 from ravl.mitigation.methods import cfr  # noqa: F401,I001
 from ravl.mitigation.methods import ravl  # noqa: F401,I001
+from ravl.mitigation.methods import decorrelate  # noqa: F401,I001
