@@ -128,6 +128,22 @@ def test_training_boxes_follow_the_centre_crop(models):
                                                [0, 0, 1, 1]], atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["open_clip-vit", "hf-clip", "hf-siglip"])
+def test_unmap_boxes_inverts_map_boxes_inside_the_crop(models, kind):
+    from ravl.models.regions import map_boxes, unmap_boxes
+
+    m = models[kind]
+    boxes = np.array([[40, 8, 72, 40], [30, 0, 100, 64], [0, 0, 16, 16]], dtype=float)
+    norm, status = map_boxes(m, boxes, (128, 64))
+    back = unmap_boxes(m, norm, (128, 64))
+    inside = status == "inside"
+    assert inside.any()
+    np.testing.assert_allclose(back[inside], boxes[inside], atol=1e-6)
+    # a clipped box comes back as its visible part: inside the original box
+    cut = status == "clipped"
+    assert (back[cut][:, :2] >= boxes[cut][:, :2] - 1e-6).all() and (back[cut][:, 2:] <= boxes[cut][:, 2:] + 1e-6).all()
+
+
 def test_ravl_objective_roi_uses_one_backbone_pass(models):
     m = models["open_clip-vit"]
     rng = np.random.default_rng(1)

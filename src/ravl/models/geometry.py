@@ -254,3 +254,15 @@ class ResizeCropGeometry:
         empty = (clipped[:, 2] - clipped[:, 0] <= _EPS) | (clipped[:, 3] - clipped[:, 1] <= _EPS)
         status = np.where(empty & cut, "outside", np.where(cut, "clipped", "inside")).astype("<U7")
         return clipped, status
+
+    def unmap_boxes(self, boxes_norm: np.ndarray, image_size_wh: tuple[int, int]) -> np.ndarray:
+        """The inverse of :meth:`map_boxes`: boxes in ``[0, 1]`` of the model input -> pixel boxes of
+        the original image (the part of the image the model sees)."""
+        b = np.asarray(boxes_norm, dtype=np.float64).reshape(-1, 4)
+        w, h = (int(v) for v in image_size_wh)
+        H, W = self.size
+        rw, rh, left, top = self.plan(w, h)
+        out = np.empty_like(b)
+        out[:, [0, 2]] = (b[:, [0, 2]] * W + left) * (w / rw)
+        out[:, [1, 3]] = (b[:, [1, 3]] * H + top) * (h / rh)
+        return out

@@ -317,6 +317,10 @@ class OpenCLIPAdapter(PretrainedCLIPMixin):
         """
         return self.geometry.map_boxes(boxes_px, image_size_wh)
 
+    def unmap_boxes(self, boxes_norm: np.ndarray, image_size_wh: tuple[int, int]) -> np.ndarray:
+        """Boxes in ``[0, 1]`` of the model input -> pixel boxes of the original image."""
+        return self.geometry.unmap_boxes(boxes_norm, image_size_wh)
+
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """open_clip's tokenizer for the architecture: ``[N, context_length]`` int64 (CPU)."""
         if isinstance(texts, str):

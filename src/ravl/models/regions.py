@@ -69,6 +69,7 @@ __all__ = [
     "region_batch",
     "box_pixel_bounds",
     "map_boxes",
+    "unmap_boxes",
     "BOX_STATUSES",
 ]
 
@@ -211,6 +212,23 @@ def map_boxes(model, boxes_px: Any, image_size_wh: tuple[int, int]) -> tuple[np.
     w, h = (float(v) for v in image_size_wh)
     norm = boxes / np.array([w, h, w, h])
     return np.clip(norm, 0.0, 1.0), np.full(boxes.shape[0], "inside", dtype="<U7")
+
+
+def unmap_boxes(model, boxes_norm: Any, image_size_wh: tuple[int, int]) -> np.ndarray:
+    """The inverse of :func:`map_boxes`: boxes in ``[0, 1]`` of ``model``'s input -> pixel boxes of
+    the original image (``[R, 4]`` float64; the part of the image the model sees).
+
+    Example:
+        >>> import ravl
+        >>> unmap_boxes(ravl.load_model("tiny"), [[0.0, 0.0, 0.5, 1.0]], (56, 56)).tolist()
+        [[0.0, 0.0, 28.0, 56.0]]
+    """
+    boxes = np.asarray(boxes_norm, dtype=np.float64).reshape(-1, 4)
+    fn = getattr(model, "unmap_boxes", None)
+    if fn is not None:
+        return np.asarray(fn(boxes, tuple(image_size_wh)), dtype=np.float64).reshape(-1, 4)
+    w, h = (float(v) for v in image_size_wh)
+    return boxes * np.array([w, h, w, h])
 
 
 def _report_status(model, mode: str, status: np.ndarray) -> None:

@@ -38,6 +38,7 @@ from ravl.data.manipulation import FILL_METHODS, add_mention, object_words, past
 from ravl.exceptions import InvalidParameterError
 from ravl.mitigation.common import ConfigMixin
 from ravl.mitigation.registry import MitigationContext, MitigationPlan, register_mitigation_method
+from ravl.models.regions import unmap_boxes
 from ravl.training.loop import ContrastiveObjective
 from ravl.training.losses import clip_loss
 from ravl.utils.validation import check_choice, check_float
@@ -157,15 +158,15 @@ def _plan_ground_truth(train, obj: str) -> dict[str, Any]:
             "donors": donors}
 
 
-def _plan_discovered(train, labelling) -> dict[str, Any]:
+def _plan_discovered(train, labelling, model) -> dict[str, Any]:
     rl = labelling.region_labels
     remove: dict[int, list[list[float]]] = {}
     for i, box, spurious in zip(np.asarray(rl.image_index), np.asarray(rl.boxes_norm, dtype=np.float64),
                                 np.asarray(rl.is_spurious)):
         if spurious:
             r = train[int(i)]
-            remove.setdefault(int(i), []).append([box[0] * r.width, box[1] * r.height, box[2] * r.width,
-                                                  box[3] * r.height])
+            # labelled boxes are in the model's input; back to pixels of the image (through its crop)
+            remove.setdefault(int(i), []).append(unmap_boxes(model, box, (r.width, r.height))[0].tolist())
     return {"remove": remove, "removed_caption": {i: train[i].caption or "" for i in remove}, "paste": {},
             "pasted_caption": {}, "donors": []}
 
@@ -179,7 +180,7 @@ def decorrelate_method(ctx: MitigationContext, config: DecorrelateConfig) -> Mit
         parts = _plan_ground_truth(ctx.train, config.object)
         source = f"region attribute {config.object!r}"
     else:
-        parts = _plan_discovered(ctx.train, ctx.require_labelling("decorrelate"))
+        parts = _plan_discovered(ctx.train, ctx.require_labelling("decorrelate"), ctx.load_audited())
         source = "discovered feature regions"
     objective = DecorrelateObjective(ctx.train, config=config, seed=ctx.finetune.seed, **parts)
     info = {"object_source": source, "n_remove_images": len(parts["remove"]), "n_paste_images": len(parts["paste"]),
