@@ -53,6 +53,7 @@ from ravl.utils.progress import progress
 from ravl.utils.validation import check_choice, check_int
 
 __all__ = [
+    "metadata_rows",
     "check_dataset",
     "to_rgb",
     "DEFAULT_GRID",
@@ -445,6 +446,18 @@ def parse_grid(text: str | Sequence[int]) -> tuple[int, int]:
                                         f"Got {text!r} instead.")
         return _check_grid((int(parts[0]), int(parts[1])), "parse_grid")
     return _check_grid(text, "parse_grid")
+
+
+def metadata_rows(ds: "RegionDataset") -> dict[int, dict]:
+    """The JSON object of each record's line of ``metadata.jsonl`` (``{line: row}``), with every
+    field as written, including those ravl does not parse (e.g. a ``captions`` list)."""
+    wanted = {r.line for r in ds}
+    out: dict[int, dict] = {}
+    with open(ds.metadata_path, encoding="utf-8") as f:
+        for n, text in enumerate(f, start=1):
+            if n in wanted:
+                out[n] = json.loads(text)
+    return out
 
 
 def write_metadata(path: str | os.PathLike, rows: Iterable[dict]) -> Path:

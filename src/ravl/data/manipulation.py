@@ -17,7 +17,6 @@ Boxes are ``[x0, y0, x1, y1]`` pixels, as in ``metadata.jsonl``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ravl.data.attributes import EMPTY_ATTRIBUTE
-from ravl.data.dataset import RegionDataset, check_dataset, write_metadata
+from ravl.data.dataset import RegionDataset, check_dataset, metadata_rows, write_metadata
 from ravl.exceptions import DatasetError, InvalidParameterError
 from ravl.utils.progress import progress as progress_bar
 from ravl.utils.validation import check_choice, check_int, check_random_state
@@ -227,14 +226,6 @@ def _box_json(box: Sequence[float]) -> list[float | int]:
     return [int(v) if float(v).is_integer() else float(v) for v in box]
 
 
-def _rows_by_line(ds: RegionDataset) -> dict[int, dict]:
-    wanted = {r.line for r in ds}
-    out: dict[int, dict] = {}
-    with open(ds.metadata_path, encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
-            if n in wanted:
-                out[n] = json.loads(text)
-    return out
 
 
 def manipulate_dataset(dataset: RegionDataset, out_dir: str | os.PathLike, *, object: str,
@@ -290,7 +281,7 @@ def manipulate_dataset(dataset: RegionDataset, out_dir: str | os.PathLike, *, ob
     out = Path(out_dir)
     if (out / "metadata.jsonl").exists():
         raise DatasetError(f"{out} already holds a dataset (metadata.jsonl); choose a new folder.")
-    rows = _rows_by_line(ds)
+    rows = metadata_rows(ds)
     with_obj = [r for r in ds if object in r.region_attributes]
     todo = with_obj if operation == "remove" else [
         r for r in ds if object not in r.region_attributes and EMPTY_ATTRIBUTE in r.region_attributes]

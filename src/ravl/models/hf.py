@@ -45,9 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ravl.exceptions import CheckpointError, InvalidParameterError
 from ravl.models.base import load_checkpoint
@@ -241,26 +239,9 @@ class HFCLIPAdapter(PretrainedCLIPMixin):
         return f"HFCLIPAdapter(name={self.name!r}, type={self.model_type}, params={n:,}, device={self.device})"
 
     # -- protocol --------------------------------------------------------------------------------
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """PIL images of any size -> ``[N, 3, H, W]`` float32 (CPU), as the folder's image processor."""
-        return self.geometry(images)
-
-    def map_boxes(self, boxes_px: np.ndarray, image_size_wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Original-image pixel boxes -> ``(boxes [R, 4] in [0, 1] of the model input, status [R])``."""
-        return self.geometry.map_boxes(boxes_px, image_size_wh)
-
-    def unmap_boxes(self, boxes_norm: np.ndarray, image_size_wh: tuple[int, int]) -> np.ndarray:
-        """Boxes in ``[0, 1]`` of the model input -> pixel boxes of the original image."""
-        return self.geometry.unmap_boxes(boxes_norm, image_size_wh)
-
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """The folder's tokenizer, padded to the context length: ``[N, T]`` int64 (CPU)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        for k, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InvalidParameterError(f"tokenize takes strings; item {k} is a {type(t).__name__}.")
+        texts = self._texts(texts)
         if not texts:
             return torch.zeros(0, self.context_length, dtype=torch.long)
         enc = self.tokenizer(texts, padding="max_length", max_length=self.context_length, truncation=True,

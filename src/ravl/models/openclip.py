@@ -78,9 +78,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from ravl.exceptions import CheckpointError, InvalidParameterError, ModelNotFoundError, RegionPoolingNotSupportedError
@@ -306,29 +304,9 @@ class OpenCLIPAdapter(PretrainedCLIPMixin):
         return f"OpenCLIPAdapter(name={self.name!r}, params={n:,}, device={self.device})"
 
     # -- protocol --------------------------------------------------------------------------------
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """PIL images of any size -> ``[N, 3, H, W]`` float32 (CPU), as open_clip's inference transform."""
-        return self.geometry(images)
-
-    def map_boxes(self, boxes_px: np.ndarray, image_size_wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Original-image pixel boxes -> ``(boxes [R, 4] in [0, 1] of the model input, status [R])``.
-
-        See :meth:`ravl.models.geometry.ResizeCropGeometry.map_boxes`.
-        """
-        return self.geometry.map_boxes(boxes_px, image_size_wh)
-
-    def unmap_boxes(self, boxes_norm: np.ndarray, image_size_wh: tuple[int, int]) -> np.ndarray:
-        """Boxes in ``[0, 1]`` of the model input -> pixel boxes of the original image."""
-        return self.geometry.unmap_boxes(boxes_norm, image_size_wh)
-
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """open_clip's tokenizer for the architecture: ``[N, context_length]`` int64 (CPU)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        for k, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InvalidParameterError(f"tokenize takes strings; item {k} is a {type(t).__name__}.")
+        texts = self._texts(texts)
         return self._tokenizer(texts).long()
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,14 @@ zero-shot code look for (``docs/dev/interfaces.md``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ravl.exceptions import InvalidParameterError
 
 __all__ = ["PretrainedCLIPMixin", "PRETRAINED_FINETUNE_DEFAULTS"]
 
@@ -32,7 +39,9 @@ _SHARED = ("logit_scale", "logit_bias")
 
 
 class PretrainedCLIPMixin:
-    """Optional adapter attributes for pretrained CLIPs (module docstring); needs ``self.module``."""
+    """Optional adapter attributes for pretrained CLIPs (module docstring), and the protocol methods
+    both backends share; needs ``self.module`` and ``self.geometry`` (a
+    :class:`~ravl.models.geometry.ResizeCropGeometry`)."""
 
     #: Top-level children (or parameters) of ``self.module`` that belong to the image tower.
     IMAGE_CHILDREN: tuple[str, ...] = ()
@@ -59,3 +68,29 @@ class PretrainedCLIPMixin:
     @property
     def text_tower_prefixes(self) -> tuple[str, ...]:
         return self._prefixes(image=False)
+
+    # -- shared protocol methods ----------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images of any size -> ``[N, 3, H, W]`` float32 (CPU), as the backend's own inference
+        transform (resize, centre crop, normalise; :class:`~ravl.models.geometry.ResizeCropGeometry`)."""
+        return self.geometry(images)
+
+    def map_boxes(self, boxes_px: np.ndarray, image_size_wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Original-image pixel boxes -> ``(boxes [R, 4] in [0, 1] of the model input, status [R])``.
+
+        See :meth:`ravl.models.geometry.ResizeCropGeometry.map_boxes`.
+        """
+        return self.geometry.map_boxes(boxes_px, image_size_wh)
+
+    def unmap_boxes(self, boxes_norm: np.ndarray, image_size_wh: tuple[int, int]) -> np.ndarray:
+        """Boxes in ``[0, 1]`` of the model input -> pixel boxes of the original image."""
+        return self.geometry.unmap_boxes(boxes_norm, image_size_wh)
+
+    @staticmethod
+    def _texts(texts: Sequence[str] | str) -> list[str]:
+        """``tokenize``'s input as a list of strings, checked."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        for k, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InvalidParameterError(f"tokenize takes strings; item {k} is a {type(t).__name__}.")
+        return texts

@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ravl.data.dataset import RegionDataset, check_dataset
+from ravl.data.dataset import RegionDataset, check_dataset, metadata_rows
 from ravl.exceptions import DatasetError, InvalidParameterError
 from ravl.models.base import check_model
 from ravl.models.regions import embed_images, embed_texts
@@ -84,15 +83,6 @@ class RetrievalResult:
                    text_to_image=dict(d["text_to_image"]), meta=dict(d.get("meta", {})))
 
 
-def _rows_by_line(ds: RegionDataset) -> dict[int, dict]:
-    """The JSON object of each record's line of ``metadata.jsonl``."""
-    wanted = {r.line for r in ds}
-    out: dict[int, dict] = {}
-    with open(ds.metadata_path, encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
-            if n in wanted:
-                out[n] = json.loads(text)
-    return out
 
 
 def image_captions(dataset: RegionDataset, *, required: bool = True) -> list[list[str]]:
@@ -108,7 +98,7 @@ def image_captions(dataset: RegionDataset, *, required: bool = True) -> list[lis
             not a list of strings.
     """
     ds = check_dataset(dataset, "image_captions")
-    rows = _rows_by_line(ds) if len(ds) else {}
+    rows = metadata_rows(ds) if len(ds) else {}
     out = []
     for r in ds:
         caps = [r.caption] if r.caption else []

@@ -39,12 +39,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ravl.data.dataset import check_dataset
+from ravl.data.dataset import check_dataset, metadata_rows
 from ravl.data.manipulation import MANIPULATION_KEY
 from ravl.exceptions import DatasetError, InvalidParameterError
 from ravl.models.base import check_model
 from ravl.models.regions import embed_images, embed_texts
-from ravl.retrieval.evaluate import _rows_by_line, image_captions
+from ravl.retrieval.evaluate import image_captions
 from ravl.retrieval.metrics import average_precision_at_k
 from ravl.utils.validation import check_choice, check_int
 
@@ -254,7 +254,7 @@ def evaluate_odmap(model, queries, gallery, *, k: int = 5, rule: str = "own", ed
     check_choice(rule, "rule", caller, RELEVANCE_RULES)
     if len(q_ds) == 0 or len(g_ds) == 0:
         raise DatasetError(f"{caller} needs query images and gallery images; got {len(q_ds)} and {len(g_ds)}.")
-    rows = _rows_by_line(q_ds)
+    rows = metadata_rows(q_ds)
     by_name = {r.file_name: r.index for r in g_ds}
     source, removed = [], []
     for r in q_ds:
