@@ -3,14 +3,14 @@ transformers' save_pretrained, random full-size RN50, ViT-B-16 and a CLIPModel V
 
     python benchmarks/own_model_weights.py OUT_DIR
 """
-import gzip
-import json
 import sys
 from pathlib import Path
 
 import open_clip
 import torch
 import transformers
+
+from ravl.models.hf import clip_bpe_merges, write_byte_bpe_tokenizer
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)
@@ -25,26 +25,7 @@ torch.save(m.state_dict(), out / "vit_b_16.pt")
 # HF: CLIPModel ViT-B/16 from a config, with CLIP's BPE vocabulary (open_clip bundles it) and CLIP's processor
 hf = out / "hf-clip-vit-b-16"
 hf.mkdir(exist_ok=True)
-
-
-def b2u():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-with gzip.open(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", "rt", encoding="utf-8") as fh:
-    merges = [tuple(line.split()) for line in fh.read().split("\n")[1:49152 - 256 - 2 + 1]]
-base = list(b2u().values())
-vocab = base + [v + "</w>" for v in base] + ["".join(x) for x in merges] + ["<|startoftext|>", "<|endoftext|>"]
-(hf / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
-(hf / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+write_byte_bpe_tokenizer(hf, clip_bpe_merges())  # CLIP's vocabulary, from open_clip's bundled copy
 tok = transformers.CLIPTokenizer.from_pretrained(str(hf))
 cfg = transformers.CLIPConfig(text_config=dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8,
                                                num_hidden_layers=12, max_position_embeddings=77),

@@ -2,7 +2,6 @@
 geometry, region pooling, ravl checkpoints, clear errors for incomplete folders, and export back
 to ``from_pretrained``. Offline: small models with random weights saved to temporary folders."""
 
-import gzip
 import json
 import shutil
 import warnings
@@ -17,7 +16,7 @@ transformers = pytest.importorskip("transformers")  # the backend is an optional
 from ravl.exceptions import CheckpointError, RavlWarning  # noqa: E402
 from ravl.models import VisionLanguageModel, load_model  # noqa: E402
 from ravl.models.checkpoint import save_checkpoint  # noqa: E402
-from ravl.models.hf import HFCLIPAdapter, _bytes_to_unicode, export_hf, small_test_model  # noqa: E402
+from ravl.models.hf import HFCLIPAdapter, export_hf, small_test_model  # noqa: E402
 from ravl.models.regions import embed_images, embed_regions, region_batch  # noqa: E402
 
 
@@ -135,16 +134,11 @@ def test_tokenizer_round_trip(clip):
 
 def test_clip_vocabulary_from_open_clip_gives_open_clips_tokens(tmp_path):
     open_clip = pytest.importorskip("open_clip")
-    from pathlib import Path
+    from ravl.models.hf import clip_bpe_merges, write_byte_bpe_tokenizer
 
     # open_clip bundles OpenAI CLIP's BPE merges; vocab.json + merges.txt built from them load offline.
-    with gzip.open(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", "rt", encoding="utf-8") as fh:
-        merges = [tuple(line.split()) for line in fh.read().split("\n")[1:49152 - 256 - 2 + 1]]
-    base = list(_bytes_to_unicode().values())
-    vocab = base + [v + "</w>" for v in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
-                                         encoding="utf-8")
+    bos, eos = write_byte_bpe_tokenizer(tmp_path, clip_bpe_merges())
+    assert (bos, eos) == (49406, 49407)  # CLIP's <|startoftext|>, <|endoftext|>
     hf = transformers.CLIPTokenizer.from_pretrained(str(tmp_path))
     texts = ["a photo of the number seven", "A Red Square, top-left!", "naïve café 7"]
     ids = hf(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]

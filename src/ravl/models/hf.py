@@ -570,6 +570,23 @@ def write_byte_bpe_tokenizer(folder: str | os.PathLike, merges: Sequence[tuple[s
     return len(tokens) - 2, len(tokens) - 1
 
 
+def clip_bpe_merges() -> list[tuple[str, str]]:
+    """CLIP's 48,894 BPE merges, from the copy open_clip bundles (no download).
+
+    With :func:`write_byte_bpe_tokenizer` they give the ``vocab.json`` + ``merges.txt`` of OpenAI
+    CLIP's tokenizer, which ``transformers.CLIPTokenizer`` loads offline::
+
+        write_byte_bpe_tokenizer(folder, clip_bpe_merges())
+    """
+    import gzip
+
+    open_clip = require("open_clip", purpose="CLIP's BPE vocabulary (open_clip bundles it)")
+    path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")[1:49152 - 256 - 2 + 1]
+    return [tuple(line.split()) for line in lines]
+
+
 _TEMP_DIRS: list[str] = []
 
 
