@@ -120,8 +120,8 @@ def test_training_boxes_follow_the_centre_crop(models):
     class _Ds:
         records = [_Rec(), type("R", (), {"width": 64, "height": 64})()]
 
-    rl = _training_regions(m, _Ds(), _Table(), np.array([True, False, True, False]))
-    assert isinstance(rl, RegionLabels)
+    rl, kept = _training_regions(m, _Ds(), _Table(), np.array([True, False, True, False]))
+    assert isinstance(rl, RegionLabels) and kept.tolist() == [True, False, True, True]
     # the box entirely left of the crop is left out; the one across its edge is clipped to it
     assert rl.image_index.tolist() == [0, 0, 1] and rl.is_spurious.tolist() == [True, True, False]
     np.testing.assert_allclose(rl.boxes_norm, [[8 / 64, 8 / 64, 40 / 64, 40 / 64], [0, 0, 16 / 64, 32 / 64],
@@ -205,3 +205,30 @@ def test_cli_finetune_discover_mitigate_export_on_open_clip(tiny_setting, tmp_pa
     px = ours.preprocess([Image.new("RGB", (80, 64), (200, 30, 30))])
     with torch.no_grad():
         torch.testing.assert_close(model.eval().encode_image(px), ours.encode_image(px), rtol=1e-4, atol=1e-5)
+
+
+def test_label_regions_on_wide_images_leaves_out_regions_the_crop_removes(tiny_setting, hand_discovery, tmp_path):
+    """Each 56 x 56 training image centred on a 112 x 56 canvas, plus a box left of the centre crop."""
+    from ravl.data.dataset import write_metadata
+    from ravl.mitigation.labelling import label_regions
+
+    src = load_dataset(tiny_setting.train_dir).subset("train")
+    rows = []
+    (tmp_path / "wide" / "images").mkdir(parents=True)
+    for k, r in enumerate(src.records[:24]):
+        canvas = Image.new("RGB", (112, 56))
+        canvas.paste(src.load_image(k), (28, 0))
+        name = f"images/{k}.png"
+        canvas.save(tmp_path / "wide" / name)
+        boxes = [[b[0] + 28, b[1], b[2] + 28, b[3]] for b in r.boxes] + [[0, 0, 28, 28]]
+        rows.append({"file_name": name, "label": r.label, "caption": r.caption, "split": "train", "boxes": boxes,
+                     "region_attributes": list(r.region_attributes) + ["empty"]})
+    write_metadata(tmp_path / "wide" / "metadata.jsonl", rows)
+    ds = load_dataset(tmp_path / "wide", classes=src.classes)
+    m = oc_backend.small_test_model("vit")
+    with pytest.warns(UserWarning, match="lie entirely outside"):
+        lab = label_regions(m, ds, hand_discovery(tiny_setting.eval_dir), progress=False)
+    n_table = len(ds.region_table())
+    assert len(lab.region_labels) == n_table - 24 and lab.region_clusters.shape == (n_table - 24,)
+    # the kept boxes are the digit image's quadrants in the model input (x from 0 to 1 across the crop)
+    assert lab.region_labels.boxes_norm[:, [0, 2]].min() >= 0 and lab.region_labels.boxes_norm.max() <= 1

@@ -533,8 +533,9 @@ def _truth_metrics(table, records, spurious: np.ndarray, present: np.ndarray, cl
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
-def _training_regions(model, ds, table, spurious: np.ndarray) -> RegionLabels:
-    """The labelled regions as the model's input sees them (boxes through its resize and crop).
+def _training_regions(model, ds, table, spurious: np.ndarray) -> tuple[RegionLabels, np.ndarray]:
+    """The labelled regions as the model's input sees them (boxes through its resize and crop),
+    and the ``[R]`` mask of the table rows kept.
 
     A region the model's centre crop removes entirely is left out: training cannot show it to
     the model (the image's feature-present flag still counts it).
@@ -557,7 +558,7 @@ def _training_regions(model, ds, table, spurious: np.ndarray) -> RegionLabels:
     if not keep.all():
         logger.info("%d of %d labelled regions lie outside %s's centre crop and are left out of training.",
                     int((~keep).sum()), len(keep), getattr(model, "name", type(model).__name__))
-    return RegionLabels(image_index[keep], boxes[keep], np.asarray(spurious, dtype=bool)[keep])
+    return RegionLabels(image_index[keep], boxes[keep], np.asarray(spurious, dtype=bool)[keep]), keep
 
 
 def label_regions(model, dataset, discovery, *, features: Any = "class", region_mode: str | None = None,
@@ -646,7 +647,7 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
     emb = embed_regions_sharded(model, ds, mode=mode, sharding=sharding, batch_size=batch_size, progress=progress)
     clusters, sims = assign_to_medoids(emb, medoids)
     spurious, thresholds, n_outside = spurious_assignment(clusters, sims, chosen, assignment_quantile)
-    region_labels = _training_regions(model, ds, table, spurious)
+    region_labels, kept = _training_regions(model, ds, table, spurious)
     present = np.zeros(len(ds), dtype=bool)
     present[table.image_index[spurious]] = True
     groups, n_groups = class_feature_groups(labels, present, n_classes=len(ds.classes))
@@ -654,7 +655,7 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
     result = RegionLabelling(classes=tuple(ds.classes), split=split, region_mode=mode,
                              spurious_clusters=spurious_clusters, feature_ranks=tuple(f.rank for f in chosen),
                              feature_classes=tuple(f.class_name for f in chosen), region_labels=region_labels,
-                             region_clusters=clusters, region_similarity=sims, labels=labels,
+                             region_clusters=clusters[kept], region_similarity=sims[kept], labels=labels,
                              feature_present=present, groups=groups, n_groups=n_groups, truth=truth_d,
                              assignment_thresholds=thresholds, n_outside_threshold=n_outside)
     logger.info("Labelled %d regions of %d images: %d spurious (clusters %s) in %d images.", len(region_labels),
