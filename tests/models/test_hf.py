@@ -53,12 +53,12 @@ def _pil_processor(folder):
     """The folder's PIL image processor (transformers 5 loads the torchvision one by default)."""
     import importlib
 
-    proc = transformers.AutoImageProcessor.from_pretrained(str(folder))
+    proc = transformers.AutoImageProcessor.from_pretrained(str(folder))  # offline-ok: a folder the test wrote
     name = type(proc).__name__.removesuffix("Fast")
     kind = "clip" if name.startswith("CLIP") else "siglip"
     try:
         mod = importlib.import_module(f"transformers.models.{kind}.image_processing_pil_{kind}")
-        return getattr(mod, name + "Pil").from_pretrained(str(folder))
+        return getattr(mod, name + "Pil").from_pretrained(str(folder))  # offline-ok: a folder the test wrote
     except (ImportError, AttributeError):  # transformers 4: the default processor is the PIL/NumPy one
         return proc
 
@@ -74,7 +74,7 @@ def test_preprocess_matches_the_image_processor(model):
     assert got.shape == ref.shape == (8, 3, 64, 64) and got.dtype == torch.float32
     assert torch.allclose(got, ref, atol=1e-5)
     # the default (torchvision) processor of transformers 5 antialiases differently: a few grey levels
-    fast = transformers.AutoImageProcessor.from_pretrained(str(model.folder))(images=images, return_tensors="pt")
+    fast = transformers.AutoImageProcessor.from_pretrained(str(model.folder))(images=images, return_tensors="pt")  # offline-ok: a folder the test wrote
     assert (fast["pixel_values"] - got).abs().max() < 0.1
 
 
@@ -139,7 +139,7 @@ def test_clip_vocabulary_from_open_clip_gives_open_clips_tokens(tmp_path):
     # open_clip bundles OpenAI CLIP's BPE merges; vocab.json + merges.txt built from them load offline.
     bos, eos = write_byte_bpe_tokenizer(tmp_path, clip_bpe_merges())
     assert (bos, eos) == (49406, 49407)  # CLIP's <|startoftext|>, <|endoftext|>
-    hf = transformers.CLIPTokenizer.from_pretrained(str(tmp_path))
+    hf = transformers.CLIPTokenizer.from_pretrained(str(tmp_path))  # offline-ok: a folder the test wrote
     texts = ["a photo of the number seven", "A Red Square, top-left!", "naïve café 7"]
     ids = hf(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
     ref = open_clip.tokenize(texts)
@@ -316,13 +316,13 @@ def test_incomplete_folders_give_clear_errors(tmp_path, clip):
 # -- export --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
-def test_export_loads_with_from_pretrained(kind, tmp_path):
+def test_export_loads_with_from_pretrained(kind, tmp_path):  # offline-ok: a folder the test wrote
     m = _perturb(small_test_model(tmp_path / "src", kind=kind))
     ckpt = save_checkpoint(m, tmp_path / "ckpt")
     out = export_hf(ckpt, tmp_path / "exported")
     cls = transformers.CLIPModel if kind == "clip" else transformers.SiglipModel
-    theirs = cls.from_pretrained(str(out)).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    theirs = cls.from_pretrained(str(out)).eval()  # offline-ok: a folder the test wrote
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))  # offline-ok: a folder the test wrote
     images = [_image(90, 64, 14), _image(64, 120, 15)]
     px = _pil_processor(out)(images=images, return_tensors="pt")["pixel_values"]
     texts = ["a seven", "a red square"]

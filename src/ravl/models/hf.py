@@ -55,7 +55,6 @@ from ravl.models.pooling import (
     ViTBlock,
     box_patch_weights,
     check_roi_layers,
-    split_roi_boxes,
     vit_region_tokens,
     weighted_patch_mean,
 )
@@ -256,28 +255,8 @@ class HFCLIPAdapter(PretrainedCLIPMixin):
         """Text embeddings ``[N, D]`` (not normalised)."""
         return _features(self.module.get_text_features(input_ids=tokens))
 
-    def encode_roi(self, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Region embeddings ``[R, D]`` (not normalised) from one vision pass per image.
-
-        Args:
-            pixels: Preprocessed images ``[N, 3, H, W]``.
-            boxes: ``[R, 5]`` rows ``(image_index, x0, y0, x1, y1)`` normalised to ``[0, 1]`` of
-                the model input (use :meth:`map_boxes` for boxes of the original image).
-        """
-        return self._regions(pixels, boxes, with_image=False)[1]
-
-    def encode_image_and_roi(self, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(encode_image(pixels), encode_roi(pixels, boxes))`` from one vision pass (to float rounding)."""
-        return self._regions(pixels, boxes, with_image=True)
-
-    def _regions(self, pixels: torch.Tensor, boxes: torch.Tensor, *, with_image: bool
-                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise InvalidParameterError("encode_roi: pixels must be preprocessed images [N, 3, H, W]. Got "
-                                        f"{tuple(pixels.shape)}.")
-        idx, xy = split_roi_boxes(boxes, pixels.shape[0], "encode_roi")
-        if xy.shape[0] == 0:
-            return (self.encode_image(pixels) if with_image else None), pixels.new_zeros(0, self.embed_dim)
+    def _pool_regions(self, pixels: torch.Tensor, idx: torch.Tensor, xy: torch.Tensor, with_image: bool
+                      ) -> tuple[torch.Tensor | None, torch.Tensor]:
         vm = self.module.vision_model
         cfg = self.module.config.vision_config
         grid = (cfg.image_size // cfg.patch_size,) * 2

@@ -90,7 +90,6 @@ from ravl.models.pooling import (
     attnpool_regions,
     box_patch_weights,
     check_roi_layers,
-    split_roi_boxes,
     vit_region_tokens,
     weighted_patch_mean,
 )
@@ -317,34 +316,10 @@ class OpenCLIPAdapter(PretrainedCLIPMixin):
         """Text embeddings ``[N, D]`` (not normalised)."""
         return self.module.encode_text(tokens)
 
-    def encode_roi(self, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Region embeddings ``[R, D]`` (not normalised) from one backbone pass per image.
-
-        Args:
-            pixels: Preprocessed images ``[N, 3, H, W]``.
-            boxes: ``[R, 5]`` rows ``(image_index, x0, y0, x1, y1)`` normalised to ``[0, 1]`` of
-                the model input (use :meth:`map_boxes` for boxes of the original image).
-
-        Raises:
-            RegionPoolingNotSupportedError: (a ``NotImplementedError``) for image towers other than open_clip's ModifiedResNet and
-                VisionTransformer (class-token or average pooling).
-        """
-        return self._regions(pixels, boxes, with_image=False)[1]
-
-    def encode_image_and_roi(self, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(encode_image(pixels), encode_roi(pixels, boxes))`` from one backbone pass.
-
-        For training objectives that need both (RaVL's CLIP loss on the images plus its
-        region-aware loss): equal to the two calls to float rounding, at the cost of one.
-        """
-        return self._regions(pixels, boxes, with_image=True)
-
-    def _regions(self, pixels: torch.Tensor, boxes: torch.Tensor, *, with_image: bool
-                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise InvalidParameterError("encode_roi: pixels must be preprocessed images [N, 3, H, W]. Got "
-                                        f"{tuple(pixels.shape)}.")
-        idx, xy = split_roi_boxes(boxes, pixels.shape[0], "encode_roi")
+    def _pool_regions(self, pixels: torch.Tensor, idx: torch.Tensor, xy: torch.Tensor, with_image: bool
+                      ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Raises :class:`~ravl.exceptions.RegionPoolingNotSupportedError` for image towers other
+        than open_clip's ModifiedResNet and VisionTransformer (class-token or average pooling)."""
         visual = self.module.visual
         kind = type(visual).__name__
         if kind == "ModifiedResNet":
@@ -415,8 +390,6 @@ class OpenCLIPAdapter(PretrainedCLIPMixin):
             raise RegionPoolingNotSupportedError(
                 f"encode_roi supports ViTs with class-token or average pooling; {self.name} pools with an attentional "
                 "pooler. Use region mode 'masked' or 'crop'.")
-        if xy.shape[0] == 0:
-            return (self.encode_image(pixels) if with_image else None), pixels.new_zeros(0, self.embed_dim)
         blocks = self._vit_blocks(visual)
         weights = box_patch_weights(xy, tuple(visual.grid_size)).to(pixels.device)
         # Token embeddings as in the image pass (patch dropout is skipped: regions need every patch).

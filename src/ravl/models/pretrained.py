@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from ravl.exceptions import InvalidParameterError
+from ravl.models.pooling import split_roi_boxes
 
 __all__ = ["PretrainedCLIPMixin", "PRETRAINED_FINETUNE_DEFAULTS"]
 
@@ -85,6 +86,38 @@ class PretrainedCLIPMixin:
     def unmap_boxes(self, boxes_norm: np.ndarray, image_size_wh: tuple[int, int]) -> np.ndarray:
         """Boxes in ``[0, 1]`` of the model input -> pixel boxes of the original image."""
         return self.geometry.unmap_boxes(boxes_norm, image_size_wh)
+
+    def encode_roi(self, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Region embeddings ``[R, D]`` (not normalised) from one backbone pass per image.
+
+        Args:
+            pixels: Preprocessed images ``[N, 3, H, W]``.
+            boxes: ``[R, 5]`` rows ``(image_index, x0, y0, x1, y1)`` normalised to ``[0, 1]`` of
+                the model input (use :meth:`map_boxes` for boxes of the original image).
+
+        Raises:
+            RegionPoolingNotSupportedError: (a ``NotImplementedError``) for image towers the
+                backend cannot pool regions from.
+        """
+        return self._regions(pixels, boxes, with_image=False)[1]
+
+    def encode_image_and_roi(self, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(encode_image(pixels), encode_roi(pixels, boxes))`` from one backbone pass.
+
+        For training objectives that need both (RaVL's CLIP loss on the images plus its
+        region-aware loss): equal to the two calls to float rounding, at the cost of one.
+        """
+        return self._regions(pixels, boxes, with_image=True)
+
+    def _regions(self, pixels: torch.Tensor, boxes: torch.Tensor, *, with_image: bool
+                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise InvalidParameterError("encode_roi: pixels must be preprocessed images [N, 3, H, W]. Got "
+                                        f"{tuple(pixels.shape)}.")
+        idx, xy = split_roi_boxes(boxes, pixels.shape[0], "encode_roi")
+        if xy.shape[0] == 0:
+            return (self.encode_image(pixels) if with_image else None), pixels.new_zeros(0, self.embed_dim)
+        return self._pool_regions(pixels, idx, xy, with_image)
 
     @staticmethod
     def _texts(texts: Sequence[str] | str) -> list[str]:
