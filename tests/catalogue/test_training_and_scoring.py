@@ -218,7 +218,8 @@ def test_out_of_memory_is_one_error_line(cat_env, tmp_path, monkeypatch, capsys)
 
 @pytest.mark.parametrize(("extra", "pattern"), [
     (("--model-option", "roi_layers"), r"--model-option 'roi_layers' must be KEY=VALUE"),
-    (("--pretrained", "openai"), r"--pretrained is for open_clip models .* got --model \(none\)"),
+    (("--pretrained", "openai"), r"Unknown pretrained weights 'openai' for model 'tiny'; choose one of \['synthetic'\]"),
+    (("--model", "hf:nowhere", "--pretrained", "openai"), r"--pretrained is for open_clip models .* got --model hf:"),
 ])
 def test_model_loader_option_mistakes(cat_env, tmp_path, extra, pattern):
     expect(_ft(cat_env, tmp_path / "o", *extra), 2, pattern)

@@ -37,7 +37,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, checkpoint_help: str
         return
     g.add_argument("--pretrained", default=None, metavar="TAG",
                    help="open_clip: a pretrained tag (e.g. openai) or weights file, resolved by open_clip from its "
-                        "local cache (ravl works offline); not with --checkpoint")
+                        "local cache (ravl works offline); tiny: 'synthetic', the weights ravl ships (pretrained "
+                        "on a broad synthetic corpus); not with --checkpoint")
     g.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the model's loader, repeatable, e.g. roi_layers=4 or roi_pool=patch-mean for "
                         "open_clip / Hugging Face ViTs (values are read as JSON when they parse, else as text)")
@@ -48,7 +49,8 @@ def model_options(args) -> dict[str, Any]:
     """``--pretrained`` and ``--model-option KEY=VALUE`` as ``load_model`` keyword arguments.
 
     Raises:
-        InvalidParameterError: A malformed option, or ``--pretrained`` for a model that is not open_clip.
+        InvalidParameterError: A malformed option, or ``--pretrained`` for a model that is neither
+            open_clip nor the tiny CLIP.
     """
     opts: dict[str, Any] = {}
     for item in getattr(args, "model_option", None) or []:
@@ -62,9 +64,10 @@ def model_options(args) -> dict[str, Any]:
             opts[key.strip()] = value
     if getattr(args, "pretrained", None) is not None:
         name = args.model or ""
-        if not name.startswith("open_clip:"):
-            raise InvalidParameterError(f"--pretrained is for open_clip models (--model open_clip:ARCH); got --model "
-                                        f"{name or '(none)'}.")
+        if not (name.startswith("open_clip:") or name == "tiny" or (not name and not args.checkpoint)):
+            raise InvalidParameterError("--pretrained is for open_clip models (--model open_clip:ARCH) and the tiny "
+                                        f"CLIP (--model tiny --pretrained synthetic); got --model {name or '(none)'}"
+                                        f"{' with --checkpoint' if not name else ''}.")
         opts["pretrained"] = args.pretrained
     return opts
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,11 +50,15 @@ from ravl.models.checkpoint import load_state_dict_checked, read_checkpoint
 from ravl.models.tokenizer import PAD_ID, VOCAB_SIZE, ByteTokenizer
 from ravl.utils.validation import check_float, check_int
 
-__all__ = ["TinyCLIPConfig", "TinyCLIP", "TinyCLIPAdapter", "build_tiny_clip", "CLIP_MEAN", "CLIP_STD"]
+__all__ = ["TinyCLIPConfig", "TinyCLIP", "TinyCLIPAdapter", "build_tiny_clip", "pretrained_tiny_path",
+           "PRETRAINED_TINY", "CLIP_MEAN", "CLIP_STD"]
 
 #: Per-channel normalisation of OpenAI CLIP, also used by the tiny CLIP.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: Pretrained weights shipped with ravl: tag -> folder under ``ravl/models/pretrained/``.
+PRETRAINED_TINY = {"synthetic": "tiny-synthetic-v1"}
 
 
 @dataclass(frozen=True)
@@ -425,15 +430,39 @@ def build_tiny_clip(config: TinyCLIPConfig | None = None, *, seed: int = 0, name
     return TinyCLIPAdapter(module, name=name)
 
 
+def pretrained_tiny_path(tag: str = "synthetic") -> Path:
+    """Folder of the tiny CLIP weights shipped with ravl under ``tag`` (a ravl checkpoint).
+
+    ``"synthetic"``: pretrained on the broad synthetic corpus of :mod:`ravl.data.pretraining`
+    (printed digits, every feature and shape in several colours, no object tied to any class),
+    built by ``python benchmarks/pretrain_tiny.py`` (docs/benchmarks.md).
+
+    Raises:
+        InvalidParameterError: For an unknown tag.
+        CheckpointError: When the shipped folder is missing (a broken install).
+    """
+    if tag not in PRETRAINED_TINY:
+        raise InvalidParameterError(f"Unknown pretrained weights {tag!r} for model 'tiny'; choose one of "
+                                    f"{sorted(PRETRAINED_TINY)} (or omit --pretrained for fresh seeded weights).")
+    path = Path(__file__).resolve().parent / "pretrained" / PRETRAINED_TINY[tag]
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"The tiny CLIP's {tag!r} weights are missing from the installation ({path}); "
+                              "reinstall ravl, or rebuild them with `python benchmarks/pretrain_tiny.py --install`.")
+    return path
+
+
 @register_model("tiny", description="built-in tiny CLIP (CNN + byte-level text transformer, 56x56); "
                                     "trains on CPU in about a minute")
-def _tiny_factory(name: str, checkpoint=None, seed: int = 0, **config_overrides: Any) -> TinyCLIPAdapter:
-    """Registry factory: fresh seeded weights, or a ravl checkpoint folder.
+def _tiny_factory(name: str, checkpoint=None, seed: int = 0, pretrained: str | None = None,
+                  **config_overrides: Any) -> TinyCLIPAdapter:
+    """Registry factory: fresh seeded weights, the shipped pretrained weights, or a ravl checkpoint folder.
 
     Args:
         name: ``"tiny"``.
         checkpoint: A folder written by :func:`ravl.models.checkpoint.save_checkpoint`.
-        seed: Seed of the fresh weights (ignored with a checkpoint).
+        seed: Seed of the fresh weights (ignored with a checkpoint or pretrained weights).
+        pretrained: ``"synthetic"``: start from the weights shipped with ravl
+            (:func:`pretrained_tiny_path`) instead of fresh ones. Not with ``checkpoint``.
         **config_overrides: :class:`TinyCLIPConfig` fields. With a checkpoint they must agree
             with the stored architecture.
     """
@@ -441,6 +470,11 @@ def _tiny_factory(name: str, checkpoint=None, seed: int = 0, **config_overrides:
     bad = sorted(set(config_overrides) - set(known))
     if bad:
         raise InvalidParameterError(f"Unknown option(s) {bad} for model 'tiny'; TinyCLIPConfig fields are {known}.")
+    if pretrained is not None:
+        if checkpoint is not None:
+            raise InvalidParameterError("Give the tiny CLIP either a checkpoint or pretrained weights, not both "
+                                        f"(got checkpoint={str(checkpoint)!r}, pretrained={pretrained!r}).")
+        checkpoint = pretrained_tiny_path(pretrained)
     if checkpoint is None:
         return build_tiny_clip(TinyCLIPConfig(**config_overrides), seed=seed, name=name)
 
