@@ -45,6 +45,10 @@ def test_rows_carry_stage1_and_the_four_metrics(tiny_grid):
     # the standard row is the audited model itself, evaluated once and cached
     cached = json.loads((work / SPEC.key / "model" / "benchmark_eval.json").read_text())
     assert cached["metrics"] == std["metrics"]
+    # every group (10 classes x with/without) at image and region level, and the same fields on eval val
+    assert len(std["groups"]["image"]) == 20 and len(std["groups"]["region"]) == 20
+    assert set(std["val"]) >= {"metrics", "groups"} and std["val"]["metrics"] != std["metrics"]
+    assert min(g["accuracy"] for g in std["groups"]["image"]) == std["metrics"]["Image Worst-Group"]
     assert ravl["start"] == "init" and cont["start"] == "checkpoint" and ravl["labelling_precision"] > 0.9
     cfg = json.loads((work / SPEC.key / "ravl-continue" / "config.json").read_text())
     assert cfg["mitigation"]["start"] == "checkpoint" and cfg["finetune"]["epochs"] == TINY.continue_epochs
@@ -99,6 +103,13 @@ def test_config_round_trip_and_validation():
     cfg = MitigationBenchmarkConfig(method_configs={"ravl": {"lam": 1.0, "tau": 0.1}, "vl-gdro": {"eta": 0.01}})
     assert cfg.method_configs == {"ravl": {"tau": 0.1}}
     assert MitigationBenchmarkConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    # the start: absent from the record for the default (earlier work folders resume), kept otherwise
+    assert "init" not in d
+    pre = MitigationBenchmarkConfig(init="pretrained")
+    assert pre.to_dict()["init"] == "pretrained"
+    assert MitigationBenchmarkConfig.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
+    with pytest.raises(ValueError, match="'init' parameter of MitigationBenchmarkConfig"):
+        MitigationBenchmarkConfig(init="imagenet")
 
 
 def _row(setting, method, p10, iwg, io=0.9, valid=True):
@@ -134,6 +145,51 @@ def test_summary_means_intervals_thresholds_and_paired_deltas():
     # rows appended out of order (a resumed run) still tabulate in the benchmark's method order
     s2 = summarize_mitigation(rows[::-1])
     assert [e["method"] for e in s2["thresholds"][0]["methods"]] == ["standard", "ravl"]
+
+
+def test_best_peer_paired_differences():
+    rows = [_row("a", "standard", 1.0, 0.2), _row("a", "vl-gdro", 1.0, 0.6), _row("a", "upsample", 1.0, 0.3),
+            _row("a", "ravl", 1.0, 0.7),
+            _row("b", "standard", 1.0, 0.0), _row("b", "vl-gdro", 1.0, 0.4), _row("b", "upsample", 1.0, 0.5),
+            _row("b", "ravl", 1.0, 0.6)]
+    block = summarize_mitigation(rows, thresholds=(0.6,))["thresholds"][0]
+    # peers: every method but the baseline and RaVL's rows; vl-gdro's mean 0.5 beats upsample's 0.4
+    assert block["best_peer"] == "vl-gdro"
+    ravl = next(e for e in block["methods"] if e["method"] == "ravl")
+    assert ravl["delta_best_peer"]["Image Worst-Group"]["mean"] == pytest.approx((0.1 + 0.2) / 2)
+    assert ravl["delta_best_peer"]["Image Worst-Group"]["n"] == 2
+    md = format_mitigation_summary({"n_valid": 2, "n_settings": 2, "baseline": "standard", "thresholds": [block]})
+    assert "Paired difference to the best peer, vl-gdro" in md and "| ravl | +0.0 ± 0.0 | +15.0 ± 63.5 |" in md
+
+
+def _grow(setting, method, spurious, acc):
+    """A row with image groups: ``acc`` maps (label, with) -> accuracy."""
+    groups = [{"label": lab, "with": w, "accuracy": a, "n": 10} for (lab, w), a in acc.items()]
+    return {"setting": setting, "method": method, "valid": True, "spurious_class": spurious,
+            "metrics": {"Image Worst-Group": min(acc.values())},
+            "groups": {"image": groups, "region": [{**g, "accuracy": 1.0} for g in groups]}}
+
+
+def test_group_summary_by_hand():
+    from ravl.benchmarks.mitigation import summarize_groups
+    from ravl.report.tables import format_group_summary
+
+    a = {("nine", True): 1.0, ("nine", False): 0.2, ("one", True): 0.3, ("one", False): 0.9,
+         ("two", True): 0.5, ("two", False): 0.7}
+    b = {("nine", True): 0.8, ("nine", False): 0.4, ("one", True): 0.1, ("one", False): 1.0,
+         ("two", True): 0.9, ("two", False): 0.8}
+    g = summarize_groups([_grow("s1", "standard", "nine", a), _grow("s2", "standard", "nine", b)])
+    e = g["methods"][0]
+    assert g["n_settings"] == 2 and e["method"] == "standard" and e["n"] == 2
+    assert e["spurious class with feature"]["mean"] == pytest.approx(0.9)
+    assert e["spurious class without feature"]["mean"] == pytest.approx(0.3)
+    assert e["other classes with feature (worst)"]["mean"] == pytest.approx((0.3 + 0.1) / 2)
+    assert e["other classes with feature (mean)"]["mean"] == pytest.approx((0.4 + 0.5) / 2)
+    assert e["other classes without feature (mean)"]["mean"] == pytest.approx((0.8 + 0.9) / 2)
+    assert e["Image Worst-Group"]["mean"] == pytest.approx((0.2 + 0.1) / 2)
+    assert e["region: other classes with feature (worst)"]["mean"] == pytest.approx(1.0)
+    # t(0.975, 1 df) = 12.706, sd = 0.1414 over 2 settings -> half-width 1.271
+    assert "| standard | 90.0 ± 127.1 | 30.0 ± 127.1 | 20.0 ± 127.1 | 45.0 ± 63.5 |" in format_group_summary(g)
 
 
 @pytest.mark.slow

@@ -156,6 +156,11 @@ def test_resuming_another_set_up_is_refused(env, labelling, tmp_path):
     cont = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path / "cont", method="ravl",
                     start="checkpoint", config=cfg, labelling=labelling, progress=False)
     assert cont.options["region_warmup_epochs"] == 0
+    # from pretrained weights the region embeddings mean something at the first step: no warm-up
+    pre = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path / "pre", method="ravl", config=cfg,
+                   labelling=labelling, init={"model": "tiny", "pretrained": "synthetic"}, progress=False)
+    assert pre.options["region_warmup_epochs"] == 0
+    assert json.loads((tmp_path / "pre" / "config.json").read_text())["init"]["pretrained"] == "synthetic"
 
 
 def test_class_text_templates_come_from_discovery(env, labelling, tmp_path):

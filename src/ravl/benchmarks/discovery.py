@@ -37,11 +37,13 @@ from typing import Any
 import numpy as np
 
 from ravl.benchmarks.grid import (
+    GRID_INITS,
     SettingSpec,
     append_jsonl,
     check_config_file,
     file_lock,
     grid,
+    grid_init_record,
     mean_ci,
     nan_to_none,
     read_rows,
@@ -66,7 +68,7 @@ from ravl.training.loop import STATE_FILE, FinetuneConfig, finetune
 from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
 from ravl.utils.outputs import output_lock
 from ravl.utils.tasks import run_tasks
-from ravl.utils.validation import check_float, check_int
+from ravl.utils.validation import check_choice, check_float, check_int
 
 __all__ = ["SettingSpec", "BenchmarkConfig", "GridPreset", "GRID_PRESETS", "DEFAULT_METHODS", "SettingResult",
            "grid", "run_setting", "run_grid", "summarize", "summary_tables", "method_adaptation", "DISCOVERY_METHODS",
@@ -94,6 +96,8 @@ class BenchmarkConfig:
         threads: Torch intra-op, BLAS and OpenMP threads inside each setting. Fixed per setting
             (not inherited from the process) because CPU reductions can differ with the thread
             count; part of the configuration, so a folder is never extended with another count.
+        init: ``"scratch"`` (fresh weights seeded by the setting's seed) or ``"pretrained"``
+            (the tiny CLIP's shipped pretrained weights, ``load_model("tiny", pretrained="synthetic")``).
     """
 
     n_train: int = 3000
@@ -105,8 +109,10 @@ class BenchmarkConfig:
     k: int = 10
     region_mode: str | None = None
     threads: int = 1
+    init: str = "scratch"
 
     def __post_init__(self) -> None:
+        check_choice(self.init, "init", "BenchmarkConfig", GRID_INITS)
         check_int(self.n_train, "n_train", "BenchmarkConfig", low=2)
         check_int(self.n_eval, "n_eval", "BenchmarkConfig", low=2)
         check_int(self.epochs, "epochs", "BenchmarkConfig", low=1)
@@ -116,8 +122,12 @@ class BenchmarkConfig:
         check_int(self.threads, "threads", "BenchmarkConfig", low=1)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (``benchmark_config.json``)."""
-        return asdict(self)
+        """JSON-ready dict (``benchmark_config.json``); ``init`` only when not ``"scratch"``, so
+        earlier work folders still resume."""
+        out = asdict(self)
+        if out["init"] == "scratch":
+            del out["init"]
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BenchmarkConfig:
@@ -303,10 +313,11 @@ def _compute_setting(spec: SettingSpec, work: Path, config: BenchmarkConfig,
                                       source=config.source, random_state=spec.seed, progress=progress)
     lap("data")
     built = not (work / "model" / STATE_FILE).exists()
-    model = load_model("tiny", seed=spec.seed)
+    init = grid_init_record(config.init, spec.seed)
+    model = load_model(init["model"], **{k: v for k, v in init.items() if k != "model"})
     finetune(model, load_dataset(setting.train_dir), work / "model",
              FinetuneConfig(epochs=config.epochs, batch_size=config.batch_size, seed=spec.seed),
-             progress=progress, init={"model": "tiny", "seed": spec.seed, "checkpoint": None})
+             progress=progress, init=init)
     lap("finetune")
     ev = load_dataset(setting.eval_dir)
     vpath = work / "validity.json"

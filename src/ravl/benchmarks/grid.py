@@ -26,7 +26,7 @@ from ravl.exceptions import CheckpointError, InvalidParameterError
 from ravl.utils.io import atomic_write_json, read_json
 
 __all__ = ["SettingSpec", "grid", "check_config_file", "strict_from_dict", "thread_limits", "file_lock", "read_rows", "append_jsonl",
-           "mean_ci", "nan_to_none"]
+           "mean_ci", "nan_to_none", "GRID_INITS", "grid_init_record"]
 
 @dataclass(frozen=True)
 class SettingSpec:
@@ -49,6 +49,21 @@ class SettingSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> SettingSpec:
         """Inverse of :meth:`to_dict`."""
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+#: Starting points of a grid's fine-tunings: fresh seeded weights, or the tiny CLIP's shipped
+#: pretrained weights (``load_model("tiny", pretrained="synthetic")``, the paper's protocol).
+GRID_INITS = ("scratch", "pretrained")
+
+
+def grid_init_record(init: str, seed: int) -> dict[str, Any]:
+    """The ``load_model`` arguments (a checkpoint's ``"init"`` record) of a grid setting's start."""
+    if init not in GRID_INITS:
+        raise InvalidParameterError(f"Unknown grid start {init!r}; choose one of {list(GRID_INITS)}.")
+    record: dict[str, Any] = {"model": "tiny", "seed": int(seed), "checkpoint": None}
+    if init == "pretrained":
+        record["pretrained"] = "synthetic"
+    return record
 
 
 def strict_from_dict(cls, d: Mapping[str, Any]):

@@ -43,12 +43,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ravl.benchmarks.grid import (
+    GRID_INITS,
     SettingSpec,
     append_jsonl,
     check_config_file,
     file_lock,
     grid,
+    grid_init_record,
     mean_ci,
     nan_to_none,
     read_rows,
@@ -62,7 +66,7 @@ from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
 from ravl.discovery.result import DiscoveryResult
 from ravl.evaluation.metrics import SUMMARY_METRICS, check_setting_validity, evaluate
 from ravl.exceptions import InvalidParameterError
-from ravl.mitigation.api import MitigationOptions, mitigate
+from ravl.mitigation.api import MitigationOptions, load_init_model, mitigate
 from ravl.mitigation.labelling import label_regions
 from ravl.mitigation.registry import get_mitigation_method, list_mitigation_methods
 from ravl.models.base import load_model
@@ -71,11 +75,11 @@ from ravl.training.loop import FinetuneConfig, finetune
 from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
 from ravl.utils.outputs import locks_output
 from ravl.utils.tasks import run_tasks
-from ravl.utils.validation import check_float, check_int
+from ravl.utils.validation import check_choice, check_float, check_int
 
 __all__ = ["CONTINUE_SUFFIX", "benchmark_methods", "default_benchmark_methods", "check_benchmark_method",
            "MitigationBenchmarkConfig", "run_mitigation_setting", "run_mitigation_grid", "summarize_mitigation",
-           "grid"]
+           "summarize_groups", "GROUP_COLUMNS", "grid"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,11 +138,16 @@ class MitigationBenchmarkConfig:
         method_configs: Per registered method, the fields of its config that differ from the
             defaults, e.g. ``{"ravl": {"lam": 0.5}, "vl-gdro": {"eta": 0.1}}``
             (``NAME-continue`` uses NAME's).
+        init: Where the audited fine-tuning and every method from the initialisation start:
+            ``"scratch"`` (fresh weights seeded by the setting's seed) or ``"pretrained"`` (the
+            tiny CLIP pretrained on the broad synthetic corpus, ``load_model("tiny",
+            pretrained="synthetic")``: the paper's protocol of fine-tuning a pretrained CLIP).
     """
 
     n_train: int = 6000
     n_eval: int = 2000
     continue_epochs: int = 2
+    init: str = "scratch"
     source: str = "sklearn"
     min_gap: float = 0.1
     k: int = 10
@@ -152,6 +161,7 @@ class MitigationBenchmarkConfig:
         for name, low in (("n_train", 20), ("n_eval", 20), ("continue_epochs", 1), ("k", 1), ("threads", 1)):
             check_int(getattr(self, name), name, c, low=low)
         check_float(self.min_gap, "min_gap", c, low=-1, high=1)
+        check_choice(self.init, "init", c, GRID_INITS)
         if isinstance(self.finetune, Mapping):
             object.__setattr__(self, "finetune", FinetuneConfig.from_dict(self.finetune))
         if isinstance(self.options, Mapping):
@@ -182,10 +192,13 @@ class MitigationBenchmarkConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``benchmark_config.json``)."""
-        return {"n_train": self.n_train, "n_eval": self.n_eval, "continue_epochs": self.continue_epochs,
-                "source": self.source, "min_gap": self.min_gap, "k": self.k, "threads": self.threads,
-                "finetune": self.finetune.to_dict(), "options": self.options.to_dict(),
-                "method_configs": {k: dict(v) for k, v in sorted(self.method_configs.items())}}
+        out = {"n_train": self.n_train, "n_eval": self.n_eval, "continue_epochs": self.continue_epochs,
+               "source": self.source, "min_gap": self.min_gap, "k": self.k, "threads": self.threads,
+               "finetune": self.finetune.to_dict(), "options": self.options.to_dict(),
+               "method_configs": {k: dict(v) for k, v in sorted(self.method_configs.items())}}
+        if self.init != "scratch":   # absent for the default, so earlier work folders still resume
+            out["init"] = self.init
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MitigationBenchmarkConfig:
@@ -210,25 +223,38 @@ def _group_accuracy(report, label: str, present: bool) -> float | None:
     return None if g is None else g.accuracy
 
 
+def _groups(report) -> list[dict[str, Any]]:
+    return [] if report is None else [{"label": g.label, "with": g.feature_present, "accuracy": g.accuracy, "n": g.n}
+                                      for g in report.groups]
+
+
 def _metrics_row(ev, spurious_class: str) -> dict[str, Any]:
-    """The four metrics plus the spurious class with / without the feature (image level)."""
+    """The four metrics, the spurious class with / without the feature (image level) and every group."""
     m = ev.summary_metrics()
     wg = ev.image.worst_group
     return {"metrics": m, "spurious_with": _group_accuracy(ev.image, spurious_class, True),
             "spurious_without": _group_accuracy(ev.image, spurious_class, False),
-            "worst_group": None if wg is None else f"{wg.label} {'with' if wg.feature_present else 'without'}"}
+            "worst_group": None if wg is None else f"{wg.label} {'with' if wg.feature_present else 'without'}",
+            "groups": {"image": _groups(ev.image), "region": _groups(ev.core_region)}}
 
 
 def _evaluate_dir(ckpt: Path, ev_ds, spurious_class: str, feature: str, templates, region_mode: str,
                   progress: bool) -> dict[str, Any]:
-    """Evaluate a checkpoint on the eval test split once; cached in ``ckpt/benchmark_eval.json``."""
+    """Evaluate a checkpoint on the eval test split (the row's metrics) and on the eval val split
+    (``"val"``: the same fields, for choosing settings; never the test split); cached in
+    ``ckpt/benchmark_eval.json`` (a cache without ``"val"`` gets it added)."""
     path = ckpt / "benchmark_eval.json"
-    if path.exists():
-        return read_json(path)
+    row = read_json(path) if path.exists() else None
+    if row is not None and "val" in row:
+        return row
     model = load_model(None, checkpoint=ckpt)
-    ev = evaluate(model, ev_ds, split="test", templates=templates, spurious_feature=feature, region_mode=region_mode,
-                  progress=progress)
-    row = _metrics_row(ev, spurious_class)
+    if row is None:
+        ev = evaluate(model, ev_ds, split="test", templates=templates, spurious_feature=feature,
+                      region_mode=region_mode, progress=progress)
+        row = _metrics_row(ev, spurious_class)
+    val = evaluate(model, ev_ds, split="val", templates=templates, spurious_feature=feature, region_mode=region_mode,
+                   progress=progress)
+    row["val"] = _metrics_row(val, spurious_class)
     atomic_write_json(path, row)
     return row
 
@@ -238,10 +264,10 @@ def _stage1(spec: SettingSpec, work: Path, config: MitigationBenchmarkConfig, pr
                                       cramers_v=spec.cramers_v, n_train=config.n_train, n_eval=config.n_eval,
                                       source=config.source, random_state=spec.seed, progress=progress)
     audited_dir = work / "model"
-    model = load_model("tiny", seed=spec.seed)
+    init = grid_init_record(config.init, spec.seed)
+    model = load_init_model(init)
     finetune(model, load_dataset(setting.train_dir), audited_dir,
-             replace(config.finetune, seed=spec.seed),
-             progress=progress, init={"model": "tiny", "seed": spec.seed, "checkpoint": None})
+             replace(config.finetune, seed=spec.seed), progress=progress, init=init)
     ev = load_dataset(setting.eval_dir)
     disc_dir = work / "discovery"
     vpath, dpath, spath = disc_dir / "validity.json", disc_dir / "discovery.json", disc_dir / "score.json"
@@ -448,6 +474,13 @@ def summarize_mitigation(rows: Sequence[dict[str, Any]], *, thresholds: Sequence
     out = {"baseline": baseline, "n_settings": len({r["setting"] for r in rows}),
            "n_valid": len({r["setting"] for r in rows if r.get("valid")}), "thresholds": []}
     base = {r["setting"]: r for r in valid if r["method"] == baseline}
+
+    def paired(mr: list[dict[str, Any]], ref: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+        diffs = [_metric(r, name) - _metric(ref[r["setting"]], name) for r in mr
+                 if r["setting"] in ref and _metric(r, name) is not None and _metric(ref[r["setting"]], name) is not None]
+        mean, half, n = mean_ci(diffs)
+        return {"mean": nan_to_none(mean), "ci95": nan_to_none(half), "n": n}
+
     for th in thresholds:
         keep = {r["setting"] for r in valid if r.get("precision_at_10") is not None and r["precision_at_10"] > th}
         block = {"threshold": th, "n_settings": len(keep), "settings": sorted(keep), "methods": []}
@@ -458,11 +491,71 @@ def summarize_mitigation(rows: Sequence[dict[str, Any]], *, thresholds: Sequence
                 vals = [v for v in (_metric(r, name) for r in mr) if v is not None]
                 mean, half, n = mean_ci(vals)
                 entry[name] = {"mean": nan_to_none(mean), "ci95": nan_to_none(half), "n": n}
-                diffs = [_metric(r, name) - _metric(base[r["setting"]], name) for r in mr
-                         if r["setting"] in base and _metric(r, name) is not None
-                         and _metric(base[r["setting"]], name) is not None]
-                mean, half, n = mean_ci(diffs)
-                entry["delta"][name] = {"mean": nan_to_none(mean), "ci95": nan_to_none(half), "n": n}
+                entry["delta"][name] = paired(mr, base, name)
             block["methods"].append(entry)
+        # The best peer by mean Image Worst-Group (peers: every method but the baseline and RaVL's own rows).
+        peers = [e for e in block["methods"] if e["method"] != baseline and not e["method"].startswith("ravl")
+                 and e["Image Worst-Group"]["mean"] is not None]
+        best = max(peers, key=lambda e: e["Image Worst-Group"]["mean"], default=None)
+        block["best_peer"] = None if best is None else best["method"]
+        if best is not None:
+            ref = {r["setting"]: r for r in valid if r["method"] == best["method"]}
+            for e in block["methods"]:
+                mr = [r for r in valid if r["method"] == e["method"] and r["setting"] in keep]
+                e["delta_best_peer"] = {name: paired(mr, ref, name) for name in SUMMARY_METRICS}
         out["thresholds"].append(block)
+    return out
+
+
+#: Columns of :func:`summarize_groups` (image level unless marked region).
+GROUP_COLUMNS = ("spurious class with feature", "spurious class without feature",
+                 "other classes with feature (worst)", "other classes with feature (mean)",
+                 "other classes without feature (mean)", "Image Worst-Group",
+                 "region: other classes with feature (worst)")
+
+
+def _group_values(row: Mapping[str, Any], spurious: str, level: str = "image") -> dict[str, float | None]:
+    groups = ((row.get("groups") or {}).get(level)) or []
+    def pick(pred):
+        return [float(g["accuracy"]) for g in groups if pred(g)]
+    other_with = pick(lambda g: g["label"] != spurious and g["with"])
+    other_without = pick(lambda g: g["label"] != spurious and not g["with"])
+    spur_with, spur_without = pick(lambda g: g["label"] == spurious and g["with"]), \
+        pick(lambda g: g["label"] == spurious and not g["with"])
+    return {"spurious class with feature": spur_with[0] if spur_with else None,
+            "spurious class without feature": spur_without[0] if spur_without else None,
+            "other classes with feature (worst)": min(other_with) if other_with else None,
+            "other classes with feature (mean)": float(np.mean(other_with)) if other_with else None,
+            "other classes without feature (mean)": float(np.mean(other_without)) if other_without else None}
+
+
+def summarize_groups(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Where each method's errors are: per-group accuracies (class x feature present/absent) over valid settings.
+
+    For every method, the mean (95 % CI over settings) of: the spurious class with and without
+    the feature, the other classes with the feature (worst group and mean: the failure mode of
+    images of other classes that carry the feature being called the spurious class), the other
+    classes without it, Image Worst-Group, and the worst other-class-with-feature group on core
+    regions. Groups come from the planted attribute of the evaluation test split.
+
+    Returns:
+        ``{"columns": [...], "n_settings": int, "methods": [{"method", "n", <column>: {"mean", "ci95", "n"}}]}``.
+    """
+    valid = [r for r in rows if r.get("valid") and not r.get("skipped") and r.get("groups")]
+    methods = list(dict.fromkeys(r["method"] for r in valid))
+    out: dict[str, Any] = {"columns": list(GROUP_COLUMNS), "n_settings": len({r["setting"] for r in valid}),
+                           "methods": []}
+    for m in methods:
+        per = []
+        for r in (r for r in valid if r["method"] == m):
+            v = _group_values(r, r["spurious_class"])
+            v["Image Worst-Group"] = _metric(r, "Image Worst-Group")
+            v["region: other classes with feature (worst)"] = _group_values(
+                r, r["spurious_class"], "region")["other classes with feature (worst)"]
+            per.append(v)
+        entry: dict[str, Any] = {"method": m, "n": len(per)}
+        for col in GROUP_COLUMNS:
+            mean, half, n = mean_ci([p[col] for p in per if p[col] is not None])
+            entry[col] = {"mean": nan_to_none(mean), "ci95": nan_to_none(half), "n": n}
+        out["methods"].append(entry)
     return out

@@ -19,6 +19,7 @@ from ravl.benchmarks.discovery import (
     summarize,
     summary_tables,
 )
+from ravl.benchmarks.grid import GRID_INITS
 from ravl.cli._benchmark_common import add_backend_arguments, check_backend_arguments
 from ravl.cli._common import out_dir_arg
 from ravl.discovery.registry import DISCOVERY_METHODS
@@ -47,6 +48,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     d.add_argument("--n-train", type=int, default=None, help="override the grid's fine-tuning images per setting")
     d.add_argument("--n-eval", type=int, default=None, help="override the grid's evaluation images per setting")
     d.add_argument("--epochs", type=int, default=None, help="override the grid's fine-tuning epochs")
+    d.add_argument("--init", default="scratch", choices=list(GRID_INITS),
+                   help="start of every fine-tuning: fresh seeded weights ('scratch') or the tiny CLIP's shipped "
+                        "pretrained weights ('pretrained', the paper's protocol)")
     add_backend_arguments(d)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(_benchmark_run=run_discover)
@@ -74,6 +78,7 @@ def plan(args):
                  args.strengths or preset.strengths, args.seeds or preset.seeds)
     over = {k: v for k, v in {"n_train": args.n_train, "n_eval": args.n_eval, "epochs": args.epochs,
                               "threads": args.threads}.items() if v is not None}
+    over["init"] = args.init
     cfg = BenchmarkConfig.from_dict({**preset.config.to_dict(), **over})
     return specs, cfg, list(dict.fromkeys(args.methods))
 

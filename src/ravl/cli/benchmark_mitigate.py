@@ -11,6 +11,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from ravl.benchmarks.grid import GRID_INITS
 from ravl.benchmarks.mitigation import (
     CONTINUE_SUFFIX,
     MitigationBenchmarkConfig,
@@ -19,6 +20,7 @@ from ravl.benchmarks.mitigation import (
     default_benchmark_methods,
     grid,
     run_mitigation_grid,
+    summarize_groups,
     summarize_mitigation,
 )
 from ravl.cli._benchmark_common import add_backend_arguments, check_backend_arguments
@@ -28,7 +30,7 @@ from ravl.evaluation.metrics import SUMMARY_METRICS
 from ravl.mitigation.api import MitigationOptions
 from ravl.models.regions import REGION_MODES
 from ravl.report.figures import metric_bars
-from ravl.report.tables import format_mitigation_summary, mitigation_csv
+from ravl.report.tables import format_group_summary, format_mitigation_summary, mitigation_csv
 from ravl.utils.io import atomic_write, atomic_write_json, atomic_write_text
 
 DEFAULT_FEATURES = ["red_square", "ring", "stripes"]
@@ -60,6 +62,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=d.finetune.epochs,
                    help="epochs of the original fine-tuning and every method")
     p.add_argument("--batch-size", type=int, default=d.finetune.batch_size)
+    p.add_argument("--lr", type=float, default=d.finetune.lr,
+                   help="peak learning rate of the original fine-tuning and every method")
+    p.add_argument("--init", default=d.init, choices=list(GRID_INITS),
+                   help="start of every fine-tuning: fresh seeded weights ('scratch') or the tiny CLIP's "
+                        "shipped pretrained weights ('pretrained', the paper's protocol)")
     p.add_argument("--continue-epochs", type=int, default=d.continue_epochs,
                    help=f"epochs of the NAME{CONTINUE_SUFFIX} methods (from the audited weights)")
     p.add_argument("--region-mode", default=None, choices=list(REGION_MODES),
@@ -84,8 +91,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def write_outputs(rows, out: Path, config: dict) -> dict:
     """summary.md / summary.csv / summary.json and mitigation.png from result rows."""
     summary = summarize_mitigation(rows)
-    atomic_write_json(out / "summary.json", {"config": config, **summary})
-    atomic_write_text(out / "summary.md", format_mitigation_summary(summary, config))
+    groups = summarize_groups(rows)
+    atomic_write_json(out / "summary.json", {"config": config, **summary, "groups": groups})
+    atomic_write_text(out / "summary.md", format_mitigation_summary(summary, config)
+                      + "\n### Where the errors are\n\n" + format_group_summary(groups))
     atomic_write_text(out / "summary.csv", mitigation_csv(summary))
     block = summary["thresholds"][0]
     if block["methods"]:
@@ -109,9 +118,9 @@ def plan(args) -> tuple[list, MitigationBenchmarkConfig, list[str]]:
                                 assignment_quantile=parse_quantile(args.assignment_quantile),
                                 region_mode=args.region_mode)
     cfg = MitigationBenchmarkConfig(
-        n_train=args.n_train, n_eval=args.n_eval, continue_epochs=args.continue_epochs,
+        n_train=args.n_train, n_eval=args.n_eval, continue_epochs=args.continue_epochs, init=args.init,
         threads=args.threads if args.threads is not None else d.threads,
-        finetune=replace(d.finetune, epochs=args.epochs, batch_size=args.batch_size), options=options,
+        finetune=replace(d.finetune, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr), options=options,
         method_configs=method_configs_from_args(args, bases))
     specs = grid(args.features, args.spurious_classes, args.strengths, args.seeds)
     return specs, cfg, methods

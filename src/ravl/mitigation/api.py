@@ -383,7 +383,8 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
     # 2. The method's objective and data order.
     ctx = MitigationContext(train=train, labels=labels, classes=list(train.classes), templates=templates,
                             labelling=labelling, finetune=config, start=start, region_mode=region_mode,
-                            load_audited=load_audited, progress=progress)
+                            load_audited=load_audited, progress=progress,
+                            init=init_record if start == "init" else None)
     plan = spec.build(ctx, method_cfg)
     audited_cache.clear()
 

@@ -119,6 +119,9 @@ class MitigationContext:
         region_mode: Region embedding mode for region losses (the labelling's unless given).
         load_audited: Zero-argument callable returning the audited model (loaded once).
         progress: Whether to show progress bars.
+        init: With ``start="init"``, the ``load_model`` record of the starting weights (e.g.
+            ``{"model": "tiny", "seed": 0}``, or with ``"pretrained"`` / ``"checkpoint"`` for
+            weights that were trained before); ``None`` otherwise.
     """
 
     train: Any
@@ -131,6 +134,13 @@ class MitigationContext:
     region_mode: str
     load_audited: Callable[[], Any]
     progress: bool = True
+    init: dict[str, Any] | None = None
+
+    @property
+    def from_random_weights(self) -> bool:
+        """Whether training starts from freshly initialised weights (no checkpoint, no pretrained weights)."""
+        return (self.start == "init" and self.init is not None and not self.init.get("checkpoint")
+                and not self.init.get("pretrained"))
 
     def epoch_rng(self, epoch: int, salt: int) -> np.random.Generator:
         """A generator seeded by ``(finetune.seed, epoch, salt)``, for deterministic, resumable data orders."""

@@ -13,7 +13,8 @@ from typing import Any
 
 from ravl.evaluation.metrics import SUMMARY_METRICS
 
-__all__ = ["format_discovery_summary", "discovery_csv", "format_mitigation_summary", "mitigation_csv"]
+__all__ = ["format_discovery_summary", "discovery_csv", "format_mitigation_summary", "mitigation_csv",
+           "format_group_summary"]
 
 
 _ADAPTATION_TEXT = {"RaVL": "RaVL (regions)", "A": "A: image-then-region", "B": "B: region-as-sample",
@@ -95,7 +96,7 @@ def format_mitigation_summary(summary: Mapping[str, Any], config: Mapping[str, A
         given = "; ".join(f"{m}: " + ", ".join(f"{k} = {v}" for k, v in c.items())
                           for m, c in (config.get("method_configs") or {}).items())
         lines.append(f"Per setting: {config.get('n_train')} training images, {ft.get('epochs')} epochs from the "
-                     f"tiny CLIP's initialisation (NAME-continue: {config.get('continue_epochs')} epochs from the "
+                     f"tiny CLIP's {'pretrained weights' if config.get('init') == 'pretrained' else 'initialisation'} (NAME-continue: {config.get('continue_epochs')} epochs from the "
                      f"audited weights), region mode {opts.get('region_mode') or 'default'}, features = "
                      f"{opts.get('features')}; method options: {given or 'the defaults'}.")
     lines.append("")
@@ -113,7 +114,28 @@ def format_mitigation_summary(summary: Mapping[str, Any], config: Mapping[str, A
                 continue
             lines.append(f"| {e['method']} | " + " | ".join(_cell(e["delta"][m], signed=True)
                                                              for m in SUMMARY_METRICS) + f" | {e['n']} |")
+        best = block.get("best_peer")
+        if best:
+            lines += ["", f"Paired difference to the best peer, {best} (highest mean Image Worst-Group; points, "
+                      "same setting):", "", head, sep]
+            for e in block["methods"]:
+                if e["method"] == best or "delta_best_peer" not in e:
+                    continue
+                lines.append(f"| {e['method']} | " + " | ".join(_cell(e["delta_best_peer"][m], signed=True)
+                                                                 for m in SUMMARY_METRICS) + f" | {e['n']} |")
         lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def format_group_summary(groups: Mapping[str, Any]) -> str:
+    """Markdown table of :func:`ravl.benchmarks.mitigation.summarize_groups` (accuracy in %)."""
+    cols = groups["columns"]
+    lines = [f"Per-group accuracy in % (mean ± 95 % CI over {groups['n_settings']} valid settings; evaluation test "
+             "split, groups from the planted attribute). 'other classes with feature' are the images of every "
+             "class but the spurious one that carry the feature.", "",
+             "| method | " + " | ".join(cols) + " | n |", "|---|" + "---|" * (len(cols) + 1)]
+    for e in groups["methods"]:
+        lines.append(f"| {e['method']} | " + " | ".join(_cell(e[c]) for c in cols) + f" | {e['n']} |")
     return "\n".join(lines) + "\n"
 
 

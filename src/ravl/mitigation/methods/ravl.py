@@ -164,9 +164,10 @@ class RegionAwareConfig(ConfigMixin):
         warmup_epochs: Epochs at the start with λ = 0 (the CLIP loss only), so that the region
             embeddings mean something before the region terms act on them; needed when training
             starts from a random initialisation (docs/mitigation.md), not from a fine-tuned or
-            pretrained model. ``None``: 1 when mitigation starts from the initialisation, 0 when
-            it continues from the audited checkpoint; never more than ``epochs - 1``. Counted
-            with :meth:`RegionAwareObjective.set_epoch`.
+            pretrained model. ``None``: 1 when mitigation starts from freshly initialised
+            weights, 0 when it starts from pretrained weights or continues from the audited
+            checkpoint; never more than ``epochs - 1``. Counted with
+            :meth:`RegionAwareObjective.set_epoch`.
         clip_weight: Weight of the CLIP loss on the image-caption pairs.
         region_weight: Weight of L_R inside the λ term.
         alignment_weight: Weight of L_A inside the λ term.
@@ -177,7 +178,8 @@ class RegionAwareConfig(ConfigMixin):
     tau: float = field(default=0.07, metadata={"cli": "--tau", "help": "temperature of RaVL's region-aware terms"})
     warmup_epochs: int | None = field(default=None, metadata={
         "cli": "--region-warmup-epochs",
-        "help": "first epochs with the CLIP loss only (default: 1 with --start init, 0 with --start checkpoint)"})
+        "help": "first epochs with the CLIP loss only (default: 1 from fresh random weights, 0 from pretrained "
+                "weights or --start checkpoint)"})
     clip_weight: float = field(default=1.0, metadata={"help": "weight of the CLIP loss"})
     region_weight: float = field(default=1.0, metadata={"help": "weight of L_R inside the λ term"})
     alignment_weight: float = field(default=1.0, metadata={"help": "weight of L_A inside the λ term"})
@@ -312,11 +314,11 @@ class RegionAwareObjective(PromptObjective):
 @register_mitigation_method("ravl", config=RegionAwareConfig,
                             description="RaVL: CLIP loss + λ·(L_R + L_A) on the regions labelled from discovery")
 def ravl_method(ctx: MitigationContext, config: RegionAwareConfig) -> MitigationPlan:
-    """RaVL mitigation; resolves the warm-up epochs (``None``: 1 from the initialisation, 0 from
-    the audited checkpoint, at most ``epochs - 1``)."""
+    """RaVL mitigation; resolves the warm-up epochs (``None``: 1 from fresh random weights, 0 from
+    pretrained weights or the audited checkpoint, at most ``epochs - 1``)."""
     labelling = ctx.require_labelling("ravl")
     warm = config.warmup_epochs
-    warm = (1 if ctx.start == "init" else 0) if warm is None else warm
+    warm = (1 if ctx.from_random_weights else 0) if warm is None else warm
     warm = min(warm, ctx.finetune.epochs - 1)
     objective = RegionAwareObjective(labelling.region_labels, ctx.labels, replace(config, warmup_epochs=warm),
                                      class_names=ctx.classes, templates=ctx.templates, region_mode=ctx.region_mode)
