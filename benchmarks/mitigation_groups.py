@@ -8,7 +8,10 @@ absent) and reports, per group:
 - ``acc``: image zero-shot accuracy;
 - ``img→spur``: share of images the whole-image classifier calls the spurious class;
 - ``core→true``: share whose core (digit) region alone is classified correctly;
-- ``feat→spur``: share whose feature region alone is called the spurious class;
+- ``feat→spur``: share whose feature region alone is called the spurious class (an argmax: a
+  region with no digit always goes to *some* class);
+- ``p(spur|feat)``: mean zero-shot probability of the spurious class for the feature region
+  (softmax at τ = 0.07), how strongly the feature alone still means that class;
 - ``cos(img,core)`` / ``cos(img,feat)``: cosine of the image embedding to its core / feature
   region embedding (masked regions, as discovery and evaluation use them).
 
@@ -38,7 +41,7 @@ from ravl.models import load_model
 from ravl.models.regions import embed_images, embed_regions
 from ravl.zeroshot import class_text_embeddings
 
-COLUMNS = ("n", "acc", "img→spur", "core→true", "feat→spur", "cos(img,core)", "cos(img,feat)")
+COLUMNS = ("n", "acc", "img→spur", "core→true", "feat→spur", "p(spur|feat)", "cos(img,core)", "cos(img,feat)")
 GROUPS = ("spurious class, with feature", "spurious class, without", "other classes, with feature",
           "other classes, without")
 
@@ -65,6 +68,9 @@ def analyse(ckpt: Path, ds, spurious: str, feature: str, split: str) -> dict[str
             feat[i] = k
     pred_img = (img @ t.T).argmax(1)
     pred_reg = (reg @ t.T).argmax(1)
+    logits = reg @ t.T / 0.07
+    prob_reg = np.exp(logits - logits.max(1, keepdims=True))
+    prob_reg /= prob_reg.sum(1, keepdims=True)
     has = feat >= 0
     out = {}
     for name, sel in zip(GROUPS, ((labels == s_idx) & has, (labels == s_idx) & ~has, (labels != s_idx) & has,
@@ -79,6 +85,7 @@ def analyse(ckpt: Path, ds, spurious: str, feature: str, split: str) -> dict[str
             "core→true": float((pred_reg[core[with_core]] == labels[with_core]).mean()) if with_core.size
             else float("nan"),
             "feat→spur": float((pred_reg[feat[with_feat]] == s_idx).mean()) if with_feat.size else float("nan"),
+            "p(spur|feat)": float(prob_reg[feat[with_feat], s_idx].mean()) if with_feat.size else float("nan"),
             "cos(img,core)": float(np.mean(np.sum(img[with_core] * reg[core[with_core]], 1))) if with_core.size
             else float("nan"),
             "cos(img,feat)": float(np.mean(np.sum(img[with_feat] * reg[feat[with_feat]], 1))) if with_feat.size

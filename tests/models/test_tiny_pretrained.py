@@ -87,3 +87,13 @@ def test_missing_shipped_folder_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(PRETRAINED_TINY, "synthetic", "no-such-folder")
     with pytest.raises(CheckpointError, match="missing from the installation .*pretrain_tiny.py --install"):
         pretrained_tiny_path("synthetic")
+
+
+def test_cli_finetune_from_the_pretrained_weights(tmp_path):
+    from ravl.cli import main
+
+    data = make_pretraining_corpus(tmp_path / "d", n_images=40, random_state=1, progress=False)
+    assert main(["finetune", "--data", str(data), "--out", str(tmp_path / "ck"), "--epochs", "1", "--batch-size",
+                 "16", "--pretrained", "synthetic", "--quiet"]) == 0
+    init = json.loads((tmp_path / "ck" / "config.json").read_text())["init"]
+    assert init["pretrained"] == "synthetic" and init["checkpoint"] is None   # `ravl mitigate --start init` restarts here
