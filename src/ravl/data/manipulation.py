@@ -173,17 +173,28 @@ def remove_mention(caption: str, words: str | Sequence[str]) -> str:
         >>> remove_mention("a dog with a frisbee on the grass", "frisbee")
         'a dog on the grass'
         >>> remove_mention("the number is a nine with a red square and a ring", "red_square")
-        'the number is a nine and a ring'
+        'the number is a nine with a ring'
     """
     names = _words_pattern(words)
-    pat = re.compile(rf"(?:\b(?:{_CONNECTORS})\s+)?(?:\b(?:{_DETERMINERS})\s+)?\b(?:{names})(?:e?s)?\b", re.I)
+    pat = re.compile(rf"(?:\b(?P<conn>{_CONNECTORS})\s+)?(?:\b(?:{_DETERMINERS})\s+)?\b(?:{names})(?:e?s)?\b"
+                     rf"(?P<next>\s+and\b)?", re.I)
     if not pat.search(caption):
         return caption
-    text = pat.sub(" ", caption)
+
+    def _cut(m: re.Match) -> str:
+        # "with a A and a B" without A is "with a B" (not "and a B"): keep the connector that
+        # introduced the mention when an "and" continued the list after it
+        if m.group("next") and m.group("conn"):
+            return f" {m.group('conn')} "
+        return " " + (m.group("next") or "") + " "
+
+    text = pat.sub(_cut, caption)
     text = re.sub(r"\s+([,.;:!?])", r"\1", text)
     text = re.sub(r"\s+", " ", text).strip()
     text = re.sub(rf"^(?:(?:{_CONNECTORS})\b[\s,]*)+", "", text, flags=re.I)
-    text = re.sub(rf"(?:[\s,]*\b(?:{_CONNECTORS}|{_DETERMINERS}))+\s*([.!?]?)$", r"\1", text, flags=re.I)
+    # a connector left dangling at the end ("a dog playing with"); never a determiner: "a four" ends
+    # in one ("the image shows a four with a frisbee" keeps its "a four")
+    text = re.sub(rf"(?:[\s,]*\b(?:{_CONNECTORS}))+\s*([.!?]?)$", r"\1", text, flags=re.I)
     text = re.sub(r"^[\s,;:]+|[\s,;:]+$", "", text)
     return text
 
