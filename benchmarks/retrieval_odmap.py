@@ -94,9 +94,9 @@ def main(argv=None) -> int:
                                         classes=list(train.classes), templates=("{}",), labelling=None, finetune=cfg,
                                         start="init", region_mode="masked", load_audited=lambda: None)
                 objective = decorrelate_method(ctx, DecorrelateConfig(object=a, **knobs)).objective
-            run_dir = work / (method if method == "standard" else
-                              f"{method}_{args.mix}_{args.train_fill}_r{args.remove_weight}_p{args.paste_weight}"
-                              f"_f{args.fraction}")
+            run_dir = work / ((method if method == "standard" else
+                               f"{method}_{args.mix}_{args.train_fill}_r{args.remove_weight}_p{args.paste_weight}"
+                               f"_f{args.fraction}") + ("" if args.epochs == 5 else f"_e{args.epochs}"))
             finetune(model, train, run_dir, cfg, objective=objective, progress=False,
                      init={"model": "tiny", "seed": args.seed, "checkpoint": None},
                      run_info={"method": method, **(knobs if method == "decorrelate" else {})})
@@ -123,7 +123,8 @@ def main(argv=None) -> int:
               f"{od['any']['value']:>10.3f} {od['own']['value']:>6.3f} {od['any']['false_hits_at_k']:>10.3f}")
     out = {"benchmark": "retrieval_odmap", "objects": [a, b], "n_train": args.n_train, "n_eval": args.n_eval,
            "epochs": args.epochs, "k": args.k, "query_fill": args.query_fill, "train_fill": args.train_fill,
-           "paste_weight": args.paste_weight, "knobs": knobs, "eval_split": args.eval_split, "seed": args.seed, "reconstructed": True, "rows": rows}
+           "paste_weight": args.paste_weight, "knobs": knobs, "eval_split": args.eval_split, "seed": args.seed,
+           "reconstructed": True, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, json.loads(json.dumps(out)))
     print(f"wrote {args.out}")
