@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--paste-weight", type=float, default=1.0, help="decorrelate's weight of the pasted pairs")
     p.add_argument("--remove-weight", type=float, default=1.0, help="decorrelate's weight of the removed pairs")
     p.add_argument("--mix", default="joint", choices=["joint", "separate"], help="decorrelate's mix of the pairs")
-    p.add_argument("--fraction", type=float, default=1.0, help="decorrelate's fraction of images synthesised a step")
+    p.add_argument("--fraction", type=float, default=0.5, help="decorrelate's fraction of images synthesised a step")
     p.add_argument("--eval-split", default="test", choices=["val", "test"],
                    help="split of the evaluation set measured: tune on val, report test")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

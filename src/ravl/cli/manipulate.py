@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--words", action="append", default=None, metavar="TEXT",
                         help="the caption words of the object, repeatable for synonyms (default: ATTR with '_' as "
                              "spaces)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --paste's donor and region draws")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --paste's donor and region draws (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -69,6 +69,9 @@ class DecorrelateConfig(ConfigMixin):
         mix: ``"joint"``: one contrastive batch of the original and the synthesised pairs;
             ``"separate"``: a loss of its own for each synthesised batch (module docstring).
         fraction: Fraction of the batch's eligible images synthesised at each step, in (0, 1].
+
+    The defaults (joint, 0.5, weights 1, ring) were chosen on the validation split of the
+    co-occurrence setting (docs/retrieval.md, "Measured").
     """
 
     object: str | None = field(default=None, metadata={"cli": "--decorrelate-object", "help": (
@@ -80,7 +83,7 @@ class DecorrelateConfig(ConfigMixin):
     mix: str = field(default="joint", metadata={"choices": MIX_MODES, "help": (
         "joint: the synthesised pairs join the batch's contrastive loss (each is a hard negative of its "
         "original); separate: a loss of their own")})
-    fraction: float = field(default=1.0, metadata={"help": (
+    fraction: float = field(default=0.5, metadata={"help": (
         "fraction of the batch's images synthesised at each step, in (0, 1]")})
 
     def __post_init__(self) -> None:
