@@ -11,10 +11,13 @@ and measures on the evaluation test split (A and B independent there):
   removed, against the test captions (+ the edited ones), and how many of the top k captions still
   name A (false hits).
 
-Prints a table and writes JSON. Tiny CLIP on CPU; settings and checkpoints are cached under --work.
+Prints a table and writes JSON. Tiny CLIP on CPU; settings and checkpoints are cached under --work
+(keyed by method, knobs and epochs), so ``--eval-split val`` (tuning) and ``test`` (reporting)
+score the same trained models. ``benchmarks/retrieval_odmap_table.py`` averages seeds.
 
     python benchmarks/retrieval_odmap.py
     python benchmarks/retrieval_odmap.py --strengths 0 0.5 0.9 --n-train 4000 --epochs 6 --out odmap.json
+    python benchmarks/retrieval_odmap.py --eval-split val --strengths 0.9 --methods decorrelate --fraction 1
 """
 
 from __future__ import annotations
