@@ -11,10 +11,13 @@ and measures on the evaluation test split (A and B independent there):
   removed, against the test captions (+ the edited ones), and how many of the top k captions still
   name A (false hits).
 
-Prints a table and writes JSON. Tiny CLIP on CPU; settings and checkpoints are cached under --work.
+Prints a table and writes JSON. Tiny CLIP on CPU; settings and checkpoints are cached under --work
+(keyed by method, knobs and epochs), so ``--eval-split val`` (tuning) and ``test`` (reporting)
+score the same trained models. ``benchmarks/retrieval_odmap_table.py`` averages seeds.
 
     python benchmarks/retrieval_odmap.py
     python benchmarks/retrieval_odmap.py --strengths 0 0.5 0.9 --n-train 4000 --epochs 6 --out odmap.json
+    python benchmarks/retrieval_odmap.py --eval-split val --strengths 0.9 --methods decorrelate --fraction 1
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ def main(argv=None) -> int:
                    help="fill of decorrelate's removed pairs (another fill than the queries' tests whether the "
                         "gain survives a change of the removal artefact)")
     p.add_argument("--paste-weight", type=float, default=1.0, help="decorrelate's weight of the pasted pairs")
+    p.add_argument("--remove-weight", type=float, default=1.0, help="decorrelate's weight of the removed pairs")
+    p.add_argument("--mix", default="joint", choices=["joint", "separate"], help="decorrelate's mix of the pairs")
+    p.add_argument("--fraction", type=float, default=0.5, help="decorrelate's fraction of images synthesised a step")
+    p.add_argument("--eval-split", default="test", choices=["val", "test"],
+                   help="split of the evaluation set measured: tune on val, report test")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--work", default="benchmarks/results/retrieval_odmap")
@@ -47,6 +56,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from ravl.data.cooccurrence import make_cooccurrence_benchmark
     from ravl.data.dataset import load_dataset
@@ -59,15 +71,18 @@ def main(argv=None) -> int:
     from ravl.utils.io import atomic_write_json
 
     a, b = args.objects
+    knobs = {"fill": args.train_fill, "remove_weight": args.remove_weight, "paste_weight": args.paste_weight,
+             "mix": args.mix, "fraction": args.fraction}
     rows = []
     for v in args.strengths:
         work = Path(args.work) / f"{a}_{b}_phi{v}_s{args.seed}"
         s = make_cooccurrence_benchmark(work / "setting", objects=(a, b), strength=v, n_train=args.n_train,
                                         n_eval=args.n_eval, random_state=args.seed)
         train = load_dataset(s.train_dir, split="train")
-        test = load_dataset(s.eval_dir, split="test")
+        test = load_dataset(s.eval_dir, split=args.eval_split)
         both = [r.index for r in test if a in r.region_attributes and b in r.region_attributes]
-        qdir = work / f"queries_without_{a}_{args.query_fill}"
+        qdir = work / f"queries_without_{a}_{args.query_fill}" if args.eval_split == "test" else \
+            work / f"queries_without_{a}_{args.query_fill}_{args.eval_split}"
         if not (qdir / "metadata.jsonl").is_file():
             manipulate_dataset(test.subset(indices=both), qdir, object=a, operation="remove", method=args.query_fill,
                                progress=False)
@@ -81,17 +96,18 @@ def main(argv=None) -> int:
                 ctx = MitigationContext(train=train, labels=np.zeros(len(train), dtype=np.int64),
                                         classes=list(train.classes), templates=("{}",), labelling=None, finetune=cfg,
                                         start="init", region_mode="masked", load_audited=lambda: None)
-                objective = decorrelate_method(ctx, DecorrelateConfig(object=a, fill=args.train_fill,
-                                                                        paste_weight=args.paste_weight)).objective
-            run_dir = work / (method if method == "standard" else f"{method}_{args.train_fill}_p{args.paste_weight}")
+                objective = decorrelate_method(ctx, DecorrelateConfig(object=a, **knobs)).objective
+            run_dir = work / ((method if method == "standard" else
+                               f"{method}_{args.mix}_{args.train_fill}_r{args.remove_weight}_p{args.paste_weight}"
+                               f"_f{args.fraction}") + ("" if args.epochs == 5 else f"_e{args.epochs}"))
             finetune(model, train, run_dir, cfg, objective=objective, progress=False,
                      init={"model": "tiny", "seed": args.seed, "checkpoint": None},
-                     run_info={"method": method, **({"fill": args.train_fill, "paste_weight": args.paste_weight}
-                                                             if method == "decorrelate" else {})})
+                     run_info={"method": method, **(knobs if method == "decorrelate" else {})})
             r = evaluate_retrieval(model, test, same_text=True, progress=False)  # captions repeat
             od = {rule: evaluate_odmap(model, queries, test, k=args.k, rule=rule, progress=False)
                   for rule in ("any", "own")}
-            rows.append({"strength": v, "achieved": s.achieved, "method": method, "retrieval": r.to_dict(),
+            rows.append({"strength": v, "achieved": s.achieved, "method": method,
+                         "knobs": knobs if method == "decorrelate" else {}, "retrieval": r.to_dict(),
                          "odmap": {k_: o.to_dict() for k_, o in od.items()}, "n_queries": len(queries),
                          "seconds": round(time.monotonic() - t0, 1)})
             print(f"phi {v:.2f} ({s.achieved:.3f}) {method:<12} i2t R@1 {r.image_to_text['recall@1']:.3f} "
@@ -110,7 +126,8 @@ def main(argv=None) -> int:
               f"{od['any']['value']:>10.3f} {od['own']['value']:>6.3f} {od['any']['false_hits_at_k']:>10.3f}")
     out = {"benchmark": "retrieval_odmap", "objects": [a, b], "n_train": args.n_train, "n_eval": args.n_eval,
            "epochs": args.epochs, "k": args.k, "query_fill": args.query_fill, "train_fill": args.train_fill,
-           "paste_weight": args.paste_weight, "seed": args.seed, "reconstructed": True, "rows": rows}
+           "paste_weight": args.paste_weight, "knobs": knobs, "eval_split": args.eval_split, "seed": args.seed,
+           "reconstructed": True, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, json.loads(json.dumps(out)))
     print(f"wrote {args.out}")

@@ -91,6 +91,64 @@ def test_convert_coco_missing_instances_file(tmp_path):
     assert "missing.json" in res.stdout + res.stderr
 
 
+def _object_folder(tmp_path, attrs=True):
+    rows = [{"file_name": f"{i}.png", "caption": f"a dog{' with a red square' if i % 2 else ''}", "split": "test",
+             "boxes": [[0, 0, 8, 8], [8, 8, 16, 16]],
+             **({"region_attributes": ["red_square" if i % 2 else "empty", "dog"]} if attrs else {})}
+            for i in range(4)]
+    return _folder(tmp_path, rows)
+
+
+def test_manipulate_misspelt_object_names_the_flag_and_the_attributes(tmp_path):
+    root = _object_folder(tmp_path)
+    expect(run("manipulate", "--data", root, "--remove", "red_sqare", "--out", tmp_path / "q"), 2,
+           r"--remove 'red_sqare'", r"'dog', 'red_square'", r"Did you mean 'red_square'")
+    expect(run("manipulate", "--data", root, "--paste", "frisbee", "--out", tmp_path / "q"), 2, r"--paste 'frisbee'")
+    assert not (tmp_path / "q").exists()  # refused before anything was written
+
+
+def test_manipulate_usage_mistakes(tmp_path):
+    root = _object_folder(tmp_path)
+    expect(run("manipulate", "--data", root, "--out", tmp_path / "q"), 2, r"one of the arguments --remove --paste")
+    expect(run("manipulate", "--data", root, "--remove", "red_square", "--paste", "red_square", "--out",
+               tmp_path / "q"), 2, r"--paste: not allowed with argument --remove")
+    expect(run("manipulate", "--data", root, "--paste", "red_square", "--fill", "diffuse", "--out", tmp_path / "q"),
+           2, r"--fill applies to --remove only", r"drop --fill")
+    expect(run("manipulate", "--data", root, "--remove", "red_square", "--fill", "inpaint", "--out", tmp_path / "q"),
+           2, r"--fill: invalid choice: 'inpaint'")
+    (tmp_path / "afile").write_text("x")
+    expect(run("manipulate", "--data", root, "--remove", "red_square", "--out", tmp_path / "afile"), 2,
+           r"--out: .*afile is a file")
+
+
+def test_manipulate_data_problems(tmp_path):
+    expect(run("manipulate", "--data", tmp_path / "nowhere", "--remove", "ring", "--out", tmp_path / "q"), 1,
+           r"nowhere")
+    (tmp_path / "bare").mkdir()
+    bare = _object_folder(tmp_path / "bare", attrs=False)
+    expect(run("manipulate", "--data", bare, "--remove", "red_square", "--out", tmp_path / "q"), 1,
+           r"line 1 \(0.png\) has no 'region_attributes'", r"Add a 'region_attributes' list")
+    root = _object_folder(tmp_path)
+    res = run("manipulate", "--data", root, "--split", "val", "--remove", "red_square", "--out", tmp_path / "q")
+    expect(res, 1, r"problem\(s\) in dataset .*data")
+    assert "no row has split 'val'" in res.stderr and not (tmp_path / "q").exists()
+
+
+def test_manipulate_writes_a_folder_and_keeps_an_earlier_one(tmp_path):
+    root = _object_folder(tmp_path)
+    out = tmp_path / "q"
+    expect(run("manipulate", "--data", root, "--remove", "red_square", "--out", out, "--quiet"), 0,
+           r"'red_square' removed from 2 image\(s\)", r"manipulation.json", r"--odmap-queries")
+    rec = json.loads((out / "manipulation.json").read_text())
+    assert rec["operation"] == "remove" and rec["n_images"] == 2 and rec["n_skipped"] == 2 and rec["fill"] == "ring"
+    assert [r["source_file"] for r in rec["images"]] == ["1.png", "3.png"]
+    expect(run("validate", out), 0)
+    before = snapshot(out)
+    expect(run("manipulate", "--data", root, "--paste", "red_square", "--out", out), 2,
+           r"--out .*already holds a dataset", r"choose a new folder")
+    assert snapshot(out) == before
+
+
 # -- defined results (they already behaved; kept so they stay so) ------------------------------
 
 def test_16_bit_png_is_scaled_not_binarised(tmp_path):

@@ -123,3 +123,23 @@ def test_evaluate_odmap_needs_removal_records(object_folder):
     ds = load_dataset(object_folder)
     with pytest.raises(DatasetError, match="no 'remove'"):
         evaluate_odmap(load_model("tiny", seed=0), ds, ds, progress=False)
+
+
+def test_orientation_a_model_that_retrieves_the_removed_object_scores_lower():
+    # the synthetic setting's case, by hand: the query is a "four with a ring" whose red square was
+    # removed; gallery: its edited caption and three others
+    caps = ["the number is a four with a red square and a ring",  # 0: names the removed object
+            "the number is a four with a ring",                   # 1: the edited caption (source image 0)
+            "the number is a four with a red square",             # 2: names it
+            "the number is a two with a ring"]                    # 3
+    owner = [0, 0, 1, 2]
+    rel, mention = odmap_relevance([0], ["red square"], caps, owner, rule="any")
+    assert rel[0].tolist() == [1, 3] and mention[0].tolist() == [True, False, True, False]
+    fooled = rankings_from_scores(np.array([[0.9, 0.5, 0.8, 0.1]]), 2)  # ranks 0, 2: both name it
+    right = rankings_from_scores(np.array([[0.2, 0.9, 0.1, 0.5]]), 2)   # ranks 1, 3: neither does
+    bad, good = (odmap_at_k(r, rel, 2, mention=mention) for r in (fooled, right))
+    assert bad.value == 0.0 and bad.false_hits_at_k == 1.0
+    assert good.value == 1.0 and good.false_hits_at_k == 0.0
+    # half right: ranks 2 (names it) then 1 -> P(2) = 1/2 at the one hit, / min(2, R=2) -> 1/4
+    half = odmap_at_k(rankings_from_scores(np.array([[0.0, 0.5, 0.9, 0.1]]), 2), rel, 2, mention=mention)
+    assert half.value == pytest.approx(0.25) and half.false_hits_at_k == 0.5

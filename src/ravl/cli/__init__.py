@@ -36,6 +36,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
      "zero-shot accuracy: overall, per class, per (class x spurious feature) group, worst group"),
     ("retrieval", "ravl.cli.retrieval",
      "image->text and text->image retrieval: Recall@1/5/10 and mAP over a dataset folder's captions"),
+    ("manipulate", "ravl.cli.manipulate",
+     "write a manipulated query set: an object removed (region filled, mention dropped) or pasted, recorded"),
     ("audit", "ravl.cli.audit",
      "validate + evaluate + discover + one report page, for a checkpoint and a labelled folder"),
     ("discover", "ravl.cli.discover",

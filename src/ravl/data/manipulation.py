@@ -30,6 +30,7 @@ from PIL import Image
 from ravl.data.attributes import EMPTY_ATTRIBUTE
 from ravl.data.dataset import RegionDataset, check_dataset, metadata_rows, write_metadata
 from ravl.exceptions import DatasetError, InvalidParameterError
+from ravl.utils.io import atomic_write_json
 from ravl.utils.progress import progress as progress_bar
 from ravl.utils.validation import check_choice, check_int, check_random_state
 
@@ -37,6 +38,7 @@ __all__ = [
     "FILL_METHODS",
     "OPERATIONS",
     "MANIPULATION_KEY",
+    "RECORD_FILE",
     "ManipulatedSet",
     "object_words",
     "fill_region",
@@ -53,6 +55,8 @@ FILL_METHODS = ("ring", "diffuse")
 OPERATIONS = ("remove", "paste")
 #: Row key recording a manipulation in ``metadata.jsonl``.
 MANIPULATION_KEY = "manipulation"
+#: File of the new folder recording the whole :func:`manipulate_dataset` run.
+RECORD_FILE = "manipulation.json"
 
 _CONNECTORS = r"with|and|next\s+to|beside|near|plus|holding|on|in|of"
 _DETERMINERS = r"a|an|the|one|two|three|four|some|several|many"
@@ -173,17 +177,28 @@ def remove_mention(caption: str, words: str | Sequence[str]) -> str:
         >>> remove_mention("a dog with a frisbee on the grass", "frisbee")
         'a dog on the grass'
         >>> remove_mention("the number is a nine with a red square and a ring", "red_square")
-        'the number is a nine and a ring'
+        'the number is a nine with a ring'
     """
     names = _words_pattern(words)
-    pat = re.compile(rf"(?:\b(?:{_CONNECTORS})\s+)?(?:\b(?:{_DETERMINERS})\s+)?\b(?:{names})(?:e?s)?\b", re.I)
+    pat = re.compile(rf"(?:\b(?P<conn>{_CONNECTORS})\s+)?(?:\b(?:{_DETERMINERS})\s+)?\b(?:{names})(?:e?s)?\b"
+                     rf"(?P<next>\s+and\b)?", re.I)
     if not pat.search(caption):
         return caption
-    text = pat.sub(" ", caption)
+
+    def _cut(m: re.Match) -> str:
+        # "with a A and a B" without A is "with a B" (not "and a B"): keep the connector that
+        # introduced the mention when an "and" continued the list after it
+        if m.group("next") and m.group("conn"):
+            return f" {m.group('conn')} "
+        return " " + (m.group("next") or "") + " "
+
+    text = pat.sub(_cut, caption)
     text = re.sub(r"\s+([,.;:!?])", r"\1", text)
     text = re.sub(r"\s+", " ", text).strip()
     text = re.sub(rf"^(?:(?:{_CONNECTORS})\b[\s,]*)+", "", text, flags=re.I)
-    text = re.sub(rf"(?:[\s,]*\b(?:{_CONNECTORS}|{_DETERMINERS}))+\s*([.!?]?)$", r"\1", text, flags=re.I)
+    # a connector left dangling at the end ("a dog playing with"); never a determiner: "a four" ends
+    # in one ("the image shows a four with a frisbee" keeps its "a four")
+    text = re.sub(rf"(?:[\s,]*\b(?:{_CONNECTORS}))+\s*([.!?]?)$", r"\1", text, flags=re.I)
     text = re.sub(r"^[\s,;:]+|[\s,;:]+$", "", text)
     return text
 
@@ -243,7 +258,10 @@ def manipulate_dataset(dataset: RegionDataset, out_dir: str | os.PathLike, *, ob
     Each row keeps ``label``, ``split`` and ``boxes``, and records under ``manipulation``:
     ``op``, ``object``, ``words``, ``source_file`` (the original image, relative to its folder),
     ``source_dir``, ``boxes`` (where pixels changed), ``fill`` or ``donor_file`` / ``donor_box``,
-    and ``caption_before``.
+    and ``caption_before``. ``out_dir/manipulation.json`` (:data:`RECORD_FILE`) records the run:
+    the :class:`ManipulatedSet` fields, ``words``, ``source_dir``, ``splits`` (of the images written), ``fill``,
+    ``random_state`` and, per written image, its ``source_file``, changed ``boxes`` (and
+    ``donor_file``).
 
     Args:
         dataset: A :class:`~ravl.data.RegionDataset` with ``region_attributes``.
@@ -277,7 +295,8 @@ def manipulate_dataset(dataset: RegionDataset, out_dir: str | os.PathLike, *, ob
     missing = [r for r in ds if r.region_attributes is None]
     if missing:
         raise DatasetError(f"{ds.metadata_path.name} line {missing[0].line} ({missing[0].file_name}) has no "
-                           f"'region_attributes'; {caller} needs them to find the {object!r} regions.")
+                           f"'region_attributes'; {caller} needs them to find the {object!r} regions. Add a "
+                           "'region_attributes' list (one name per box) to every row.")
     out = Path(out_dir)
     if (out / "metadata.jsonl").exists():
         raise DatasetError(f"{out} already holds a dataset (metadata.jsonl); choose a new folder.")
@@ -333,5 +352,15 @@ def manipulate_dataset(dataset: RegionDataset, out_dir: str | os.PathLike, *, ob
     write_metadata(out, meta)
     if (ds.root / "classes.txt").is_file():
         (out / "classes.txt").write_text((ds.root / "classes.txt").read_text(encoding="utf-8"), encoding="utf-8")
-    return ManipulatedSet(out_dir=out, operation=operation, object=object, n_images=len(meta),
-                          n_skipped=len(ds) - len(meta))
+    res = ManipulatedSet(out_dir=out, operation=operation, object=object, n_images=len(meta),
+                         n_skipped=len(ds) - len(meta))
+    atomic_write_json(out / RECORD_FILE, {
+        **res.to_dict(), "words": names, "source_dir": str(ds.root),
+        "splits": sorted({str(r.split) for r in todo if r.split is not None}),
+        "fill": method if operation == "remove" else None,
+        "random_state": random_state if isinstance(random_state, (int, type(None))) else repr(random_state),
+        "images": [{"file_name": m["file_name"], "source_file": m[MANIPULATION_KEY]["source_file"],
+                    "boxes": m[MANIPULATION_KEY]["boxes"],
+                    **({"donor_file": m[MANIPULATION_KEY]["donor_file"]} if operation == "paste" else {})}
+                   for m in meta]})
+    return res

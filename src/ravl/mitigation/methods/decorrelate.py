@@ -5,9 +5,8 @@ for Cross-Modal Retrieval"), who fine-tune retrieval models on synthetic data wh
 co-occurrence is broken; reconstructed here from the paper's abstract (their code was not
 available), not from their recipe.
 
-Every step adds, to the standard CLIP loss of the batch, the CLIP loss of two synthesised batches
-built from the batch's own images (:mod:`ravl.data.manipulation`, on the stored images, before
-preprocessing):
+Every step synthesises, from the batch's own images (:mod:`ravl.data.manipulation`, on the stored
+images, before preprocessing; a ``fraction`` of them, drawn per step):
 
 * **removed**: images showing the object with its region(s) filled from the surroundings, paired
   with their captions without the object's mention;
@@ -15,14 +14,20 @@ preprocessing):
   a crop of it pasted into an empty region (from a training image that shows it, drawn
   deterministically from the batch), paired with captions that now name it.
 
-``loss = clip(batch) + remove_weight * clip(removed) + paste_weight * clip(pasted)``
+``mix="joint"`` (default): one CLIP loss over the batch's pairs **and** the synthesised ones
+together, each row of the loss weighted 1, ``remove_weight`` or ``paste_weight``. A removed image
+then has its own original caption (which names the object) as a negative, and the original image
+its edited caption: the contrast that teaches the object's presence apart from its companions.
+``mix="separate"``: ``clip(batch) + remove_weight * clip(removed) + paste_weight * clip(pasted)``;
+every removed pair lacks the object and every pasted pair shows it, so neither synthesised batch
+has a pair that differs in the object: they train the other content only (kept to compare;
+docs/retrieval.md, "Why the first version did not work").
 
 The object is a region attribute of the training rows (``object``, ground truth, as the paper uses
 annotations), or, when ``object`` is not given, the discovered feature: the regions the region
 labelling marks spurious (then captions stay as they are and nothing is pasted).
 
-Experimental: on the tiny CLIP and the co-occurrence settings it improved Recall@k / mAP but did not
-lower the false hits ODmAP@k counts (docs/retrieval.md, "Measured").
+Measured on the tiny CLIP and the co-occurrence settings in docs/retrieval.md, "Measured".
 """
 
 from __future__ import annotations
@@ -43,7 +48,12 @@ from ravl.training.loop import ContrastiveObjective
 from ravl.training.losses import clip_loss
 from ravl.utils.validation import check_choice, check_float
 
-__all__ = ["DecorrelateConfig", "DecorrelateObjective"]
+#: How the synthesised pairs meet the batch's (module docstring).
+MIX_MODES = ("joint", "separate")
+#: Stored images kept in memory by one objective (the removed ones are deterministic too).
+_IMAGE_CACHE = 50_000
+
+__all__ = ["MIX_MODES", "DecorrelateConfig", "DecorrelateObjective", "weighted_clip_loss"]
 
 
 @dataclass(frozen=True)
@@ -56,13 +66,25 @@ class DecorrelateConfig(ConfigMixin):
         remove_weight: Weight of the removed-object pairs' loss.
         paste_weight: Weight of the pasted-object pairs' loss (needs ``object``).
         fill: How a removed region is filled: ``"ring"`` or ``"diffuse"``.
+        mix: ``"joint"``: one contrastive batch of the original and the synthesised pairs;
+            ``"separate"``: a loss of its own for each synthesised batch (module docstring).
+        fraction: Fraction of the batch's eligible images synthesised at each step, in (0, 1].
+
+    The defaults (joint, 0.5, weights 1, ring) were chosen on the validation split of the
+    co-occurrence setting (docs/retrieval.md, "Measured").
     """
 
     object: str | None = field(default=None, metadata={"cli": "--decorrelate-object", "help": (
         "region attribute of the object to decorrelate (default: the discovered feature's regions)")})
     remove_weight: float = field(default=1.0, metadata={"help": "weight of the removed-object pairs' loss"})
     paste_weight: float = field(default=1.0, metadata={"help": "weight of the pasted-object pairs' loss"})
-    fill: str = field(default="ring", metadata={"help": "fill of a removed region: ring or diffuse"})
+    fill: str = field(default="ring", metadata={"help": "fill of a removed region: ring or diffuse",
+                                                "choices": FILL_METHODS})
+    mix: str = field(default="joint", metadata={"choices": MIX_MODES, "help": (
+        "joint: the synthesised pairs join the batch's contrastive loss (each is a hard negative of its "
+        "original); separate: a loss of their own")})
+    fraction: float = field(default=0.5, metadata={"help": (
+        "fraction of the batch's images synthesised at each step, in (0, 1]")})
 
     def __post_init__(self) -> None:
         c = "DecorrelateConfig"
@@ -72,10 +94,12 @@ class DecorrelateConfig(ConfigMixin):
         check_float(self.remove_weight, "remove_weight", c, low=0.0)
         check_float(self.paste_weight, "paste_weight", c, low=0.0)
         check_choice(self.fill, "fill", c, FILL_METHODS)
+        check_choice(self.mix, "mix", c, MIX_MODES)
+        check_float(self.fraction, "fraction", c, low=0.0, high=1.0, closed="right")
 
 
 class DecorrelateObjective(ContrastiveObjective):
-    """CLIP loss of the batch plus that of its object-removed and object-pasted versions.
+    """CLIP loss of the batch with its object-removed and object-pasted versions (module docstring).
 
     Args:
         train: The training :class:`~ravl.data.RegionDataset` (positions = ``batch["indices"]``).
@@ -97,39 +121,112 @@ class DecorrelateObjective(ContrastiveObjective):
         self.paste, self.pasted_caption, self.donors = paste, pasted_caption, donors
         self.config = config
         self.seed = int(seed)
+        self._images: dict[int, Any] = {}
+        self._removed_images: dict[int, Any] = {}
 
-    def _pairs_loss(self, model, images, captions, like: torch.Tensor) -> torch.Tensor:
-        if len(images) < 2:  # one pair has no negative: nothing to contrast
-            return like.new_zeros(())
-        px = model.preprocess(images).to(like.device)
-        tok = model.tokenize(captions).to(like.device)
-        return clip_loss(model.encode_image(px), model.encode_text(tok), model.logit_scale())["loss"]
+    def _image(self, i: int):
+        img = self._images.get(i)
+        if img is None:
+            img = self.train.load_image(i)
+            if len(self._images) < _IMAGE_CACHE:
+                self._images[i] = img
+        return img
 
-    def __call__(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        base = super().__call__(model, batch)
-        idx = [int(i) for i in batch["indices"].tolist()]
-        rng = np.random.default_rng([self.seed, *idx])
+    def _removed(self, i: int):
+        img = self._removed_images.get(i)
+        if img is None:
+            img = self._image(i)
+            for box in self.remove[i]:
+                img = remove_object(img, box, method=self.config.fill)
+            if len(self._removed_images) < _IMAGE_CACHE:
+                self._removed_images[i] = img
+        return img
+
+    def synthesise(self, indices: list[int]) -> dict[str, list]:
+        """The synthesised pairs of a batch of dataset positions (deterministic in the positions).
+
+        Returns:
+            ``{"removed": [(position, image, caption), ...], "pasted": [...]}``.
+        """
+        rng = np.random.default_rng([self.seed, *indices])
         cfg = self.config
-        rem_imgs, rem_caps, pst_imgs, pst_caps = [], [], [], []
-        for i in idx:
-            if cfg.remove_weight and i in self.remove:
-                img = self.train.load_image(i)
-                for box in self.remove[i]:
-                    img = remove_object(img, box, method=cfg.fill)
-                rem_imgs.append(img)
-                rem_caps.append(self.removed_caption[i])
-            if cfg.paste_weight and i in self.paste and self.donors:
+        keep = rng.random(len(indices)) < cfg.fraction if cfg.fraction < 1 else np.ones(len(indices), dtype=bool)
+        removed, pasted = [], []
+        for i, take in zip(indices, keep):
+            if cfg.remove_weight and i in self.remove and take:
+                removed.append((i, self._removed(i), self.removed_caption[i]))
+            if cfg.paste_weight and i in self.paste and self.donors and take:
                 j, d_box = self.donors[int(rng.integers(len(self.donors)))]
                 boxes = self.paste[i]
                 box = boxes[int(rng.integers(len(boxes)))]
-                pst_imgs.append(paste_object(self.train.load_image(i), self.train.load_image(j), d_box, box))
-                pst_caps.append(self.pasted_caption[i])
-        loss = base["loss"]
-        removed = self._pairs_loss(model, rem_imgs, rem_caps, loss)
-        pasted = self._pairs_loss(model, pst_imgs, pst_caps, loss)
-        total = loss + cfg.remove_weight * removed + cfg.paste_weight * pasted
-        return {"loss": total, "clip": loss.detach(), "removed": removed.detach(), "pasted": pasted.detach(),
-                "n_removed": loss.new_tensor(float(len(rem_imgs))), "n_pasted": loss.new_tensor(float(len(pst_imgs)))}
+                pasted.append((i, paste_object(self._image(i), self._image(j), d_box, box), self.pasted_caption[i]))
+        return {"removed": removed, "pasted": pasted}
+
+    def _encode(self, model, pairs, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        px = model.preprocess([p[1] for p in pairs]).to(like.device)
+        tok = model.tokenize([p[2] for p in pairs]).to(like.device)
+        return model.encode_image(px), model.encode_text(tok)
+
+    def _pairs_loss(self, model, pairs, like: torch.Tensor) -> torch.Tensor:
+        if len(pairs) < 2:  # one pair has no negative: nothing to contrast
+            return like.new_zeros(())
+        img, txt = self._encode(model, pairs, like)
+        return clip_loss(img, txt, model.logit_scale())["loss"]
+
+    def __call__(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        idx = [int(i) for i in (batch["indices"].tolist() if torch.is_tensor(batch["indices"])
+                                else batch["indices"])]
+        syn = self.synthesise(idx)
+        cfg = self.config
+        counts = {"n_removed": float(len(syn["removed"])), "n_pasted": float(len(syn["pasted"]))}
+        if cfg.mix == "separate":
+            base = super().__call__(model, batch)
+            loss = base["loss"]
+            removed = self._pairs_loss(model, syn["removed"], loss)
+            pasted = self._pairs_loss(model, syn["pasted"], loss)
+            total = loss + cfg.remove_weight * removed + cfg.paste_weight * pasted
+            return {"loss": total, "clip": loss.detach(), "removed": removed.detach(), "pasted": pasted.detach(),
+                    **{k: loss.new_tensor(v) for k, v in counts.items()}}
+        img = model.encode_image(batch["pixels"])
+        txt = model.encode_text(batch["tokens"])
+        weights = [1.0] * len(idx)
+        pairs = syn["removed"] + syn["pasted"]
+        if pairs:
+            s_img, s_txt = self._encode(model, pairs, img)
+            img, txt = torch.cat([img, s_img.to(img.dtype)]), torch.cat([txt, s_txt.to(txt.dtype)])
+            weights += [cfg.remove_weight] * len(syn["removed"]) + [cfg.paste_weight] * len(syn["pasted"])
+        out = weighted_clip_loss(img, txt, model.logit_scale(), img.new_tensor(weights))
+        n = len(idx)
+        with torch.no_grad():  # the standard loss of the batch's own pairs, to compare runs
+            plain = clip_loss(img[:n], txt[:n], model.logit_scale())["loss"]
+        return {"loss": out["loss"], "clip": plain.detach(), "joint": out["loss"].detach(),
+                **{k: out["loss"].new_tensor(v) for k, v in counts.items()}}
+
+
+def weighted_clip_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor,
+                       logit_scale: torch.Tensor | float, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Symmetric InfoNCE over N pairs whose rows (image->text and text->image) are weighted.
+
+    Every pair is a negative of every other; pair i's two cross-entropy terms count ``weights[i]``
+    in the weighted means. With all weights equal it is :func:`ravl.training.losses.clip_loss`.
+
+    Args:
+        image_embeddings: ``[N, D]`` (normalised here).
+        text_embeddings: ``[N, D]`` (normalised here); row i is the caption of image i.
+        logit_scale: Inverse temperature (already exponentiated).
+        weights: ``[N]`` non-negative, not all zero.
+
+    Returns:
+        ``{"loss", "image_to_text", "text_to_image"}``.
+    """
+    img = torch.nn.functional.normalize(image_embeddings, dim=-1)
+    txt = torch.nn.functional.normalize(text_embeddings, dim=-1)
+    logits = logit_scale * img @ txt.T
+    target = torch.arange(len(img), device=img.device)
+    w = weights.to(logits.dtype)
+    i2t = (torch.nn.functional.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum()
+    t2i = (torch.nn.functional.cross_entropy(logits.T, target, reduction="none") * w).sum() / w.sum()
+    return {"loss": (i2t + t2i) / 2, "image_to_text": i2t, "text_to_image": t2i}
 
 
 def _plan_ground_truth(train, obj: str) -> dict[str, Any]:
