@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     if args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
         merged = {**parts[0], "cost": next((r["cost"] for r in parts if r["cost"]), None),
-                  "quality": [q for r in parts for q in r["quality"]]}
+                  "quality": list({(q["setting"], q["seed"], q["variant"]): q
+                                   for r in parts for q in r["quality"]}.values())}   # a row given twice: the last
         if args.json:
             Path(args.json).write_text(json.dumps(merged, indent=2) + "\n")
         report(merged)
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
                 for v in args.variants:
                     t = time.perf_counter()
                     ckpt = s1[2] if v == "standard" else out / key / v
-                    if v != "standard":
+                    if v != "standard" and not (ckpt / "val_eval.json").exists():  # scored runs are reused
                         run_variant(v, ckpt, s1)
                     m = val_metrics(ckpt, s1[5], feature)
                     results["quality"].append({"setting": f"{feature}/{cls}", "seed": seed, "variant": v, **m,
