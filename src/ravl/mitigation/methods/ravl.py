@@ -180,8 +180,9 @@ class RegionAwareConfig(ConfigMixin):
             (default): the mode of the labelling / discovery / evaluation (``masked`` by default).
             ``"roi"`` pools the regions from the CLIP pass's own feature map
             (``encode_image_and_roi``: one backbone pass per image, about the cost of standard
-            fine-tuning) while the regions stay labelled in the labelling's mode. Measured in
-            docs/mitigation.md ("Cost of the region pass").
+            fine-tuning) while the regions stay labelled in the labelling's mode. Cheaper and
+            measured worse than ``masked`` on the tiny CLIP (docs/mitigation.md, point 7 of "What
+            makes the region-aware loss work").
         region_images: At most this many images of each batch (its first rows: a random subset
             under the shuffled data order) contribute regions to L_R and L_A; ``None`` (default):
             every image. Cuts the masked region pass (one encoder pass per region) proportionally.
