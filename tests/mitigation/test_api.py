@@ -219,3 +219,30 @@ def test_set_trainable():
         set_trainable(Bare(), "image-projection")
     with pytest.raises(ValueError, match="'trainable'"):
         MitigationOptions(trainable="backbone")
+
+
+def test_ravl_labels_once_per_run_not_per_epoch(env, tmp_path, monkeypatch):
+    # The regions are labelled once, before training; the epochs reuse them (and the prompt tokens).
+    from ravl.mitigation import api
+    from ravl.zeroshot import prompt_tokens
+
+    counts = {"label": 0, "tokens": 0}
+    real_label, real_tokens = api.label_regions, prompt_tokens
+
+    def label(*a, **k):
+        counts["label"] += 1
+        return real_label(*a, **k)
+
+    def tokens(*a, **k):
+        counts["tokens"] += 1
+        return real_tokens(*a, **k)
+
+    monkeypatch.setattr(api, "label_regions", label)
+    monkeypatch.setattr("ravl.mitigation.common.prompt_tokens", tokens)
+    res = mitigate(env["ckpt"], env["train"], env["discovery"], out_dir=tmp_path, method="ravl",
+                   config=FinetuneConfig(epochs=3, batch_size=16, val_split=None), progress=False,
+                   method_config={"warmup_epochs": 0, "train_region_mode": "roi"})
+    assert len(res.history) == 3 and counts == {"label": 1, "tokens": 1}
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["mitigation"]["method_config"]["train_region_mode"] == "roi"
+    assert res.labelling["region_mode"] == "masked"      # labelled in the labelling's mode, trained on roi

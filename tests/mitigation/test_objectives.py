@@ -405,6 +405,88 @@ def test_region_objective_with_the_tiny_clip():
     assert all(gr is not None and torch.isfinite(gr).all() for gr in grads[:3])
 
 
+def test_region_objective_train_region_mode_overrides_the_labelling_mode():
+    seen = []
+
+    def spy(model, pixels, boxes, mode):
+        seen.append(mode)
+        return model.encode_roi(pixels, boxes)
+
+    kw = dict(class_names=CLASSES, templates=TEMPLATES, region_embedder=spy)
+    RegionAwareObjective(region_labels(), LABELS, region_mode="masked", **kw)(FakeModel(), make_batch())
+    obj = RegionAwareObjective(region_labels(), LABELS, region_mode="masked", train_region_mode="roi", **kw)
+    obj(FakeModel(), make_batch())
+    assert seen == ["masked", "roi"] and obj.region_mode == "roi"
+    assert RegionAwareConfig.from_dict(RegionAwareConfig(train_region_mode="roi").to_dict()).train_region_mode == "roi"
+    with pytest.raises(ValueError, match="'train_region_mode'"):
+        RegionAwareConfig(train_region_mode="pixels")
+
+
+def test_region_objective_roi_on_the_tiny_clip_is_one_backbone_pass():
+    # train_region_mode="roi" on the tiny CLIP: images and regions from one feature-map pass
+    # (encode_image_and_roi), the same loss as the separate passes (BatchNorm in eval mode here).
+    import ravl
+
+    model = ravl.load_model("tiny", seed=0)
+    h, w = model.image_size
+    g = torch.Generator().manual_seed(0)
+    batch = {"pixels": torch.randn(4, 3, h, w, generator=g), "indices": torch.tensor([0, 1, 2, 3]),
+             "tokens": model.tokenize([f"the digit {CLASSES[LABELS[i]]}" for i in range(4)])}
+    kw = dict(class_names=CLASSES, templates=TEMPLATES, region_mode="masked", train_region_mode="roi")
+    calls = []
+    orig = model.module.feature_map
+    model.module.feature_map = lambda px: calls.append(px.shape[0]) or orig(px)
+    one = RegionAwareObjective(region_labels(), LABELS, **kw)(model, batch)
+    assert calls == [4]
+    sep = RegionAwareObjective(region_labels(), LABELS, region_embedder=lambda m, px, bx, mode: m.encode_roi(px, bx),
+                               **kw)(model, batch)
+    assert calls == [4, 4, 4]
+    for k in ("loss", "clip_loss", "region_loss", "alignment_loss"):
+        assert torch.allclose(one[k], sep[k], atol=1e-5), k
+
+
+def test_region_objective_region_images_keeps_the_first_rows():
+    seen = {}
+
+    def spy(model, pixels, boxes, mode):
+        seen["boxes"] = boxes.clone()
+        return model.encode_roi(pixels, boxes)
+
+    model, batch = FakeModel(), make_batch()          # indices 0, 1, 2, 5, 7, 9
+    kw = dict(class_names=CLASSES, templates=TEMPLATES, region_embedder=spy, tau=0.1)
+    out = RegionAwareObjective(region_labels(), LABELS, region_images=3, **kw)(model, batch)
+    assert sorted(set(seen["boxes"][:, 0].long().tolist())) == [0, 1, 2]
+    # = the full objective on a batch of those three images (CLIP loss aside)
+    small = {k: v[:3] for k, v in batch.items()}
+    ref = RegionAwareObjective(region_labels(), LABELS, **kw)(model, small)
+    assert torch.allclose(out["region_loss"], ref["region_loss"], atol=1e-6)
+    assert torch.allclose(out["alignment_loss"], ref["alignment_loss"], atol=1e-6)
+    full = RegionAwareObjective(region_labels(), LABELS, region_images=6, **kw)(model, batch)
+    assert torch.allclose(full["loss"], RegionAwareObjective(region_labels(), LABELS, **kw)(model, batch)["loss"])
+    with pytest.raises(ValueError, match="'region_images'"):
+        RegionAwareConfig(region_images=0)
+
+
+def test_region_objective_region_images_spurious_first():
+    seen = {}
+
+    def spy(model, pixels, boxes, mode):
+        seen["boxes"] = boxes.clone()
+        return model.encode_roi(pixels, boxes)
+
+    model, batch = FakeModel(), make_batch()          # indices 0, 1, 2, 5, 7, 9; spurious: 0 and 5
+    kw = dict(class_names=CLASSES, templates=TEMPLATES, region_embedder=spy, tau=0.1)
+    out = RegionAwareObjective(region_labels(), LABELS, region_images=3, region_image_choice="spurious",
+                               **kw)(model, batch)
+    assert sorted(set(seen["boxes"][:, 0].long().tolist())) == [0, 1, 3]   # rows of images 0, 5, then 1
+    small = {k: v[[0, 3, 1]] for k, v in batch.items()}
+    ref = RegionAwareObjective(region_labels(), LABELS, **kw)(model, small)
+    assert torch.allclose(out["region_loss"], ref["region_loss"], atol=1e-6)
+    assert torch.allclose(out["alignment_loss"], ref["alignment_loss"], atol=1e-6)
+    with pytest.raises(ValueError, match="'region_image_choice'"):
+        RegionAwareConfig(region_image_choice="random")
+
+
 def test_region_labels_validation_and_round_trip():
     rl = region_labels()
     again = RegionLabels.from_dict(json.loads(json.dumps(rl.to_dict())))

@@ -136,6 +136,45 @@ def test_roi_full_box_equals_global_average_pooling(model):
     assert not torch.allclose(part, img[:1], atol=1e-3)
 
 
+def test_encode_image_and_roi_is_one_pass_of_both(model):
+    px = model.preprocess(_images([(56, 56), (40, 80), (70, 70)]))
+    boxes = torch.tensor([[0, 0, 0, 0.5, 0.5], [1, 0.2, 0.1, 1, 0.9], [2, 0, 0, 1, 1], [0, 0.5, 0.5, 1, 1]])
+    with torch.no_grad():
+        img, reg = model.encode_image_and_roi(px, boxes)
+        assert torch.allclose(img, model.encode_image(px), atol=1e-5)
+        assert torch.allclose(reg, model.encode_roi(px, boxes), atol=1e-5)
+        img0, reg0 = model.encode_image_and_roi(px, torch.zeros(0, 5))
+    assert torch.allclose(img0, img, atol=1e-6) and reg0.shape == (0, 128)
+    with pytest.raises(ValueError, match="index"):
+        model.encode_image_and_roi(px, torch.tensor([[3.0, 0, 0, 1, 1]]))
+    with pytest.raises(ValueError, match=r"\[R, 5\]"):
+        model.encode_image_and_roi(px, torch.zeros(2, 4))
+
+
+def test_encode_image_and_roi_in_training_mode():
+    # Training mode (BatchNorm on batch statistics): same values and gradients as the two separate
+    # passes; only the BatchNorm running statistics differ (updated once instead of twice).
+    px = build_tiny_clip(seed=0).preprocess(_images([(56, 56)] * 4, seed=3))
+    boxes = torch.tensor([[0, 0, 0, 0.5, 0.5], [1, 0.5, 0, 1, 0.5], [3, 0.1, 0.2, 0.9, 1.0]])
+    one, two = build_tiny_clip(seed=5), build_tiny_clip(seed=5)
+    one.module.train()
+    two.module.train()
+    img1, reg1 = one.encode_image_and_roi(px, boxes)
+    img2, reg2 = two.encode_image(px), two.encode_roi(px, boxes)
+    assert torch.allclose(img1, img2, atol=1e-5) and torch.allclose(reg1, reg2, atol=1e-5)
+    (img1.square().sum() + reg1.sum()).backward()
+    (img2.square().sum() + reg2.sum()).backward()
+    g1 = dict(one.module.named_parameters())
+    for name, p in two.module.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(g1[name].grad, p.grad, atol=1e-4, rtol=1e-4), name
+    bn1, bn2 = one.module.visual[0].norm, two.module.visual[0].norm
+    assert int(bn1.num_batches_tracked) == 1 and int(bn2.num_batches_tracked) == 2
+    m = bn1.momentum   # running = (1 - m) * running + m * batch_mean, once vs twice
+    batch_mean = bn1.running_mean / m
+    assert torch.allclose(bn2.running_mean, (1 - (1 - m) ** 2) * batch_mean, atol=1e-5)
+
+
 def test_text_padding_and_batching_do_not_change_embeddings(model):
     texts = ["a", "the digit appears to be seven", "🙂"]
     with torch.no_grad():

@@ -268,10 +268,30 @@ class TinyCLIP(nn.Module):
             pixels: Preprocessed images.
             boxes: ``[R, 5]`` rows ``(image_index, x0, y0, x1, y1)`` normalised to [0, 1].
         """
+        self._check_boxes(boxes)
+        return self._pool_boxes(self.feature_map(pixels), boxes)
+
+    def encode_image_and_roi(self, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(encode_image(pixels), encode_roi(pixels, boxes))`` from **one** backbone pass.
+
+        The forward values equal the two separate calls (in training mode too: BatchNorm
+        normalises with the statistics of the same batch ``pixels`` either way). What differs in
+        training mode is the BatchNorm *running* statistics: one pass updates them once, the two
+        separate calls twice with the same batch statistics (momentum applied twice). Gradients
+        are the sum over both uses of the one feature map, as with two passes.
+        """
+        self._check_boxes(boxes)
+        fmap = self.feature_map(pixels)
+        return self.pool_head(fmap.mean(dim=(2, 3))), self._pool_boxes(fmap, boxes)
+
+    @staticmethod
+    def _check_boxes(boxes: torch.Tensor) -> None:
         if boxes.ndim != 2 or boxes.shape[1] != 5:
             raise InvalidParameterError("boxes must be [R, 5] rows (image_index, x0, y0, x1, y1). Got "
                                         f"{tuple(boxes.shape)}.")
-        fmap = self.feature_map(pixels)
+
+    def _pool_boxes(self, fmap: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """RoIAlign with one bin (``s x s`` bilinear samples averaged) on ``fmap``, then the pooling head."""
         if boxes.shape[0] == 0:
             return fmap.new_zeros(0, self.config.embed_dim)
         idx = boxes[:, 0].long()
@@ -392,6 +412,11 @@ class TinyCLIPAdapter:
     def encode_roi(self, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Region embeddings ``[R, D]`` pooled from one feature-map pass (see :meth:`TinyCLIP.encode_roi`)."""
         return self.module.encode_roi(pixels, boxes)
+
+    def encode_image_and_roi(self, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(encode_image(pixels), encode_roi(pixels, boxes))`` from one feature-map pass
+        (:meth:`TinyCLIP.encode_image_and_roi`; RaVL's ``roi`` training step uses it)."""
+        return self.module.encode_image_and_roi(pixels, boxes)
 
     def logit_scale(self) -> torch.Tensor:
         """``exp`` of the learned log inverse temperature (scalar tensor, differentiable)."""

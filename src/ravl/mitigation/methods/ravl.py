@@ -31,11 +31,15 @@ from ravl.models.regions import DEFAULT_REGION_MODE, REGION_MODES, region_batch
 from ravl.training.losses import clip_loss
 from ravl.utils.validation import check_choice, check_float, check_int
 
-__all__ = ["LABEL_NEGATIVES", "RegionAwareConfig", "RegionAwareObjective", "region_aware_loss"]
+__all__ = ["LABEL_NEGATIVES", "REGION_IMAGE_CHOICES", "RegionAwareConfig", "RegionAwareObjective", "region_aware_loss"]
 
 #: How ``region_aware_loss`` sums over "j in B" in L_R: over the distinct labels in the batch
 #: (default) or over batch rows (a label shared by n images counted n times).
 LABEL_NEGATIVES = ("distinct", "rows")
+
+#: Which images of a batch contribute regions when ``RegionAwareConfig.region_images`` caps them:
+#: the first rows of the batch, or images with a spurious region first (then the first rows).
+REGION_IMAGE_CHOICES = ("batch", "spurious")
 
 
 def region_aware_loss(region_embeddings: torch.Tensor, region_image: torch.Tensor,
@@ -172,6 +176,20 @@ class RegionAwareConfig(ConfigMixin):
         region_weight: Weight of L_R inside the λ term.
         alignment_weight: Weight of L_A inside the λ term.
         label_negatives: ``"distinct"`` or ``"rows"`` (see :func:`region_aware_loss`).
+        train_region_mode: Region embedding mode of the training step's region terms; ``None``
+            (default): the mode of the labelling / discovery / evaluation (``masked`` by default).
+            ``"roi"`` pools the regions from the CLIP pass's own feature map
+            (``encode_image_and_roi``: one backbone pass per image, about the cost of standard
+            fine-tuning) while the regions stay labelled in the labelling's mode. Cheaper and
+            measured worse than ``masked`` on the tiny CLIP (docs/mitigation.md, point 7 of "What
+            makes the region-aware loss work").
+        region_images: At most this many images of each batch (its first rows: a random subset
+            under the shuffled data order) contribute regions to L_R and L_A; ``None`` (default):
+            every image. Cuts the masked region pass (one encoder pass per region) proportionally.
+            The loss is then the loss of a batch of those images (their labels, their regions).
+        region_image_choice: Which images ``region_images`` keeps: ``"batch"`` (its first rows)
+            or ``"spurious"`` (images with a spurious region first, in batch order, then the
+            others).
     """
 
     lam: float = field(default=1.0, metadata={"cli": "--lam", "help": "weight λ of RaVL's region-aware terms"})
@@ -185,6 +203,15 @@ class RegionAwareConfig(ConfigMixin):
     alignment_weight: float = field(default=1.0, metadata={"help": "weight of L_A inside the λ term"})
     label_negatives: str = field(default="distinct", metadata={
         "choices": LABEL_NEGATIVES, "help": "L_R's sum over the batch's labels: distinct labels or batch rows"})
+    train_region_mode: str | None = field(default=None, metadata={
+        "cli": "--train-region-mode", "choices": REGION_MODES,
+        "help": "region mode of RaVL's training step (default: the labelling's, i.e. --region-mode or the discovery's)"})
+    region_images: int | None = field(default=None, metadata={
+        "cli": "--region-images",
+        "help": "at most this many images per batch contribute regions to RaVL's region terms (default: all)"})
+    region_image_choice: str = field(default="batch", metadata={
+        "cli": "--region-image-choice", "choices": REGION_IMAGE_CHOICES,
+        "help": "with --region-images: the batch's first rows, or images with a spurious region first"})
 
     def __post_init__(self) -> None:
         c = "RegionAwareConfig"
@@ -196,6 +223,11 @@ class RegionAwareConfig(ConfigMixin):
         check_float(self.region_weight, "region_weight", c, low=0)
         check_float(self.alignment_weight, "alignment_weight", c, low=0)
         check_choice(self.label_negatives, "label_negatives", c, LABEL_NEGATIVES)
+        if self.train_region_mode is not None:
+            check_choice(self.train_region_mode, "train_region_mode", c, REGION_MODES)
+        if self.region_images is not None:
+            check_int(self.region_images, "region_images", c, low=1)
+        check_choice(self.region_image_choice, "region_image_choice", c, REGION_IMAGE_CHOICES)
 
 
 class RegionAwareObjective(PromptObjective):
@@ -215,7 +247,8 @@ class RegionAwareObjective(PromptObjective):
         config: A :class:`RegionAwareConfig`, or give its fields as keyword arguments.
         class_names: The C class names, in label-id order.
         templates: Prompt templates of the class text ``t_y`` (``None``: zero-shot defaults).
-        region_mode: How region embeddings are computed (``"masked"``, ``"roi"``, ``"crop"``).
+        region_mode: How region embeddings are computed (``"masked"``, ``"roi"``, ``"crop"``);
+            ``config.train_region_mode``, when set, takes precedence.
         region_embedder: Optional ``fn(model, pixels, boxes [M, 5], mode) -> [M, D]``
             replacing :func:`ravl.models.regions.region_batch` (for tests and custom models).
 
@@ -231,7 +264,8 @@ class RegionAwareObjective(PromptObjective):
                  region_embedder: Callable[..., torch.Tensor] | None = None, **kwargs: Any):
         super().__init__(labels_by_index, config, kwargs, class_names=class_names, templates=templates)
         caller = type(self).__name__
-        self.region_mode = check_choice(region_mode, "region_mode", caller, REGION_MODES)
+        check_choice(region_mode, "region_mode", caller, REGION_MODES)
+        self.region_mode = self.config.train_region_mode or region_mode
         if not isinstance(region_labels, RegionLabels):
             raise InvalidParameterError(f"The 'region_labels' parameter of {caller} must be a RegionLabels. "
                                         f"Got {type(region_labels).__name__} instead.")
@@ -247,6 +281,9 @@ class RegionAwareObjective(PromptObjective):
         self._offsets = np.searchsorted(region_labels.image_index[order], np.arange(n + 1))
         self._boxes = torch.from_numpy(region_labels.boxes_norm[order].copy())
         self._spurious = torch.from_numpy(region_labels.is_spurious[order].copy())
+        has_spurious = np.zeros(n, dtype=bool)
+        has_spurious[region_labels.image_index[region_labels.is_spurious]] = True
+        self._has_spurious = has_spurious
         self._region_embedder = region_embedder
         self.epoch = 0
 
@@ -274,6 +311,15 @@ class RegionAwareObjective(PromptObjective):
         first = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
         return first + np.arange(total), rows
 
+    def _region_rows(self, idx: np.ndarray) -> np.ndarray:
+        """Batch rows whose regions enter the region terms (every row unless ``region_images`` caps them)."""
+        cap = self.config.region_images
+        if cap is None or cap >= len(idx):
+            return np.arange(len(idx))
+        if self.config.region_image_choice == "spurious":
+            return np.argsort(~self._has_spurious[idx], kind="stable")[:cap]
+        return np.arange(cap)
+
     def _embed(self, model, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         fn = self._region_embedder or region_batch
         return fn(model, pixels, boxes, mode=self.region_mode)
@@ -282,11 +328,13 @@ class RegionAwareObjective(PromptObjective):
         cfg = self.config
         pixels = batch["pixels"]
         idx = self._indices(batch)
-        sel, rows = self._batch_regions(idx)
+        chosen = self._region_rows(idx)                  # batch rows whose regions enter the loss
+        sel, rows = self._batch_regions(idx[chosen])
         lam = self.current_lam
         boxes = None
         if lam > 0 and len(sel):
-            boxes = torch.cat([torch.from_numpy(rows).to(self._boxes.dtype)[:, None], self._boxes[sel]], dim=1)
+            boxes = torch.cat([torch.from_numpy(chosen[rows]).to(self._boxes.dtype)[:, None], self._boxes[sel]],
+                              dim=1)
             boxes = boxes.to(device=pixels.device, dtype=pixels.dtype)
         both = getattr(model, "encode_image_and_roi", None)
         if boxes is not None and self.region_mode == "roi" and self._region_embedder is None and callable(both):
@@ -302,8 +350,8 @@ class RegionAwareObjective(PromptObjective):
         labels = self._labels(batch, img.device)
         if emb is not None:
             ra = region_aware_loss(emb, torch.from_numpy(rows).to(img.device), self._spurious[sel].to(img.device),
-                                   self._class_embeddings(model), labels, tau=cfg.tau,
-                                   label_negatives=cfg.label_negatives)
+                                   self._class_embeddings(model), labels[torch.from_numpy(chosen).to(img.device)],
+                                   tau=cfg.tau, label_negatives=cfg.label_negatives)
             l_r, l_a = ra["region_loss"], ra["alignment_loss"]
         else:
             l_r = l_a = l_clip.new_zeros(())
