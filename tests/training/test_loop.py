@@ -123,6 +123,25 @@ def test_other_config_in_out_dir_is_refused(train_ds, tmp_path):
     assert res.resumed_from is None
 
 
+def test_a_setting_added_later_at_its_default_still_resumes(train_ds, tmp_path):
+    """A run saved before a method gained a setting resumes when the setting is at its default."""
+    cfg = FinetuneConfig(epochs=1, batch_size=64)
+    old = {"method": "m", "method_config": {"lam": 1.0}}
+    finetune(_model(), train_ds, tmp_path, cfg, progress=False, run_info=old)
+    defaults = {"method_config": {"lam": 1.0, "new_knob": "off"}}
+    obj = _Interrupt(1)  # would raise if any step ran: the finished run is returned as is
+    res = finetune(_model(), train_ds, tmp_path, cfg, progress=False, objective=obj, run_info_defaults=defaults,
+                   run_info={"method": "m", "method_config": {"lam": 1.0, "new_knob": "off"}})
+    assert res.resumed_from == (1, 0)
+    for changed in ({"lam": 1.0, "new_knob": "on"}, {"lam": 0.5, "new_knob": "off"}):   # not the same run
+        with pytest.raises(CheckpointError, match="differs in: method_config"):
+            finetune(_model(), train_ds, tmp_path, cfg, progress=False, objective=obj, run_info_defaults=defaults,
+                     run_info={"method": "m", "method_config": changed})
+    with pytest.raises(CheckpointError, match="differs in: method_config"):   # without the defaults: strict
+        finetune(_model(), train_ds, tmp_path, cfg, progress=False, objective=obj,
+                 run_info={"method": "m", "method_config": {"lam": 1.0, "new_knob": "off"}})
+
+
 def test_missing_captions_and_empty_split_are_explained(train_ds, tmp_path):
     with pytest.raises(ValueError, match="'train_split' parameter of FinetuneConfig must be one of"):
         FinetuneConfig(train_split="nosuch")  # a misspelt split is refused before any work

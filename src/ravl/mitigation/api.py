@@ -404,6 +404,8 @@ def mitigate(checkpoint: str | os.PathLike, train_dataset: Any, discovery: Any, 
                 "labelling": labelling.fingerprint() if labelling is not None else None}
     res = finetune(model, train_dataset, out, config, objective=plan.objective, resume=resume, progress=progress,
                    init=init_record, epoch_order=plan.epoch_order, run_info=run_info,
+                   run_info_defaults={"method_config": spec.make_config(None).to_dict(),
+                                      "options": MitigationOptions().to_dict()},
                    allow_data_change=allow_data_change, workers=workers)
 
     summary = labelling.summary() if labelling is not None else None

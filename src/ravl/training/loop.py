@@ -343,13 +343,26 @@ def _validate(model, pixels: PixelStore, tokens: torch.Tensor, labels: np.ndarra
     return res
 
 
+def _without_defaults(info: dict[str, Any] | None, defaults: dict[str, dict[str, Any]] | None
+                      ) -> dict[str, Any] | None:
+    """``info`` with, in each dict entry named in ``defaults``, the settings at their default left out."""
+    if not info or not defaults:
+        return info
+    out = dict(info)
+    for key, d in defaults.items():
+        if isinstance(out.get(key), dict):
+            out[key] = {k: v for k, v in out[key].items() if not (k in d and d[k] == v)}
+    return out
+
+
 @locks_output("out_dir", "finetune")
 def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig | None = None, *,
              objective: Callable[..., dict[str, torch.Tensor]] | None = None,
              resume: bool = True, progress: bool = True, init: dict[str, Any] | None = None,
              extra_state: Callable[[], dict[str, Any]] | None = None,
              epoch_order: Callable[[int], torch.Tensor] | None = None,
-             run_info: dict[str, Any] | None = None, allow_data_change: bool = False,
+             run_info: dict[str, Any] | None = None, run_info_defaults: dict[str, dict[str, Any]] | None = None,
+             allow_data_change: bool = False,
              workers: int = 0) -> FinetuneResult:
     """Fine-tune ``model`` in place on the image-caption pairs of ``dataset``.
 
@@ -376,6 +389,10 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
             mitigation method, its options and a fingerprint of the labelled regions). Saved
             in the resume state; resuming a state saved with another ``run_info`` is refused
             with a :class:`~ravl.exceptions.CheckpointError` naming the keys that differ.
+        run_info_defaults: For entries of ``run_info`` that are dicts of settings (e.g.
+            ``"method_config"``), their default values: a setting at its default counts as equal
+            to one the saved state does not record, so a run saved before a new setting existed
+            still resumes (and a run that changed the setting away from its default does not).
         allow_data_change: Resume even though the training split changed since the run started
             (its content fingerprint, :meth:`~ravl.data.RegionDataset.fingerprint`, differs);
             without it such a resume is refused, so a run never silently mixes two datasets.
@@ -446,9 +463,9 @@ def finetune(model, dataset, out_dir: str | os.PathLike, config: FinetuneConfig 
             raise CheckpointError(
                 f"{out} holds a run with another configuration (saved {saved}, objective "
                 f"{state.get('objective')!r}). Use another --out folder, or --no-resume to overwrite it.")
-        saved_info = state.get("run_info")
-        if (saved_info or None) != (run_info or None):
-            a, b = saved_info or {}, run_info or {}
+        saved_info = _without_defaults(state.get("run_info"), run_info_defaults)
+        if (saved_info or None) != (_without_defaults(run_info, run_info_defaults) or None):
+            a, b = saved_info or {}, _without_defaults(run_info, run_info_defaults) or {}
             keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             raise CheckpointError(f"{out} holds a run of another set-up (differs in: {', '.join(keys)}; saved "
                                   f"{ {k: a.get(k) for k in keys} }, now { {k: b.get(k) for k in keys} }). Use "
