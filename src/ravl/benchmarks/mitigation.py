@@ -3,7 +3,8 @@
 For each setting (feature x spurious class x Cramér's V x seed) the runner
 
 1. builds the data (:func:`ravl.make_spurious_benchmark`) and fine-tunes the tiny CLIP with the
-   standard contrastive loss from its seeded initialisation (the *audited* model);
+   standard contrastive loss from its seeded initialisation, or with ``init="pretrained"`` from
+   its shipped pretrained weights (the paper's protocol), giving the *audited* model;
 2. applies the validity rule on the evaluation ``val`` split and runs RaVL discovery there
    (``discovery.json``), scoring Precision@10 of the top feature against the planted
    ``region_attributes``;
@@ -11,7 +12,9 @@ For each setting (feature x spurious class x Cramér's V x seed) the runner
    labelled by the audited model and the discovery, fine-tuned again from the same
    initialisation and recipe, or continued from the audited weights for ``ravl-continue``), and
 4. evaluates each resulting model zero-shot on the evaluation ``test`` split: Image Overall,
-   Image Worst-Group, Region Overall, Region Worst-Group (docs/algorithm.md §4).
+   Image Worst-Group, Region Overall, Region Worst-Group (docs/algorithm.md §4), every
+   (class x feature present/absent) group at image and region level (``groups``), and the same
+   on the evaluation ``val`` split (``val``: for choosing settings without touching test).
 
 Groups for the baselines and the spurious regions for RaVL come from the **discovered** feature;
 the planted ground truth is read only to score (P@10, metrics, labelling precision/recall).
