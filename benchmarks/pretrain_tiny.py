@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ravl.data import load_dataset
-from ravl.data.features import list_features
+from ravl.data.features import BUILTIN_FEATURES
 from ravl.data.pretraining import make_pretraining_corpus
 from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
 from ravl.models import load_model
@@ -57,7 +57,7 @@ def measure(model, ds) -> dict:
     table = ds.region_table()
     attrs = np.array(table.attributes)
     lifts = {}
-    for name in list_features():
+    for name in BUILTIN_FEATURES:
         rows = np.flatnonzero(attrs == name)
         if not rows.size:
             continue

@@ -7,7 +7,7 @@ import pytest
 
 from ravl.data import load_dataset
 from ravl.data.digits import DIGIT_CLASSES
-from ravl.data.features import list_features
+from ravl.data.features import BUILTIN_FEATURES
 from ravl.data.pretraining import COLOURS, SHAPES, make_pretraining_corpus, render_printed_digit
 from ravl.data.synthetic import cramers_v_of
 from ravl.exceptions import DatasetError
@@ -27,7 +27,7 @@ def test_layout_splits_and_captions(corpus):
     rows = _rows(corpus)
     assert len(ds) == 1500 and tuple(ds.classes) == tuple(DIGIT_CLASSES)
     assert sum(r["split"] == "val" for r in rows) == 75                     # 5 %
-    objects = set(list_features()) | {f"{c}_{s}" for c in COLOURS for s in SHAPES}
+    objects = set(BUILTIN_FEATURES) | {f"{c}_{s}" for c in COLOURS for s in SHAPES}
     for r in rows:
         attrs = r["region_attributes"]
         assert attrs.count(r["label"]) == 1 and len(r["boxes"]) == 4       # one digit per image, four quadrants
@@ -48,7 +48,7 @@ def test_no_object_is_tied_to_any_class(corpus):
             table[DIGIT_CLASSES.index(r["label"]), int(any(pred(a) for a in r["region_attributes"]))] += 1
         assert cramers_v_of(table) < 0.12
     seen = {a for r in rows for a in r["region_attributes"]}
-    assert set(list_features()) <= seen                                     # every registered feature appears
+    assert set(BUILTIN_FEATURES) <= seen                                     # every built-in feature appears
 
 
 def test_reproducible_and_reused(corpus, tmp_path):
@@ -81,3 +81,22 @@ def test_bad_parameters_and_foreign_folders(tmp_path):
     with pytest.raises(DatasetError, match="not a pretraining corpus; choose an empty folder"):
         make_pretraining_corpus(tmp_path / "b", n_images=20)
     assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
+
+
+def test_objects_are_the_builtin_features_unless_asked(tmp_path):
+    from ravl.data.features import FEATURES, register_feature
+
+    @register_feature("pt_test_blob", kind="colour", description="test only", override=True)
+    def _blob(size):
+        return np.full((size, size, 3), 77, dtype=np.uint8)
+
+    try:
+        plain = make_pretraining_corpus(tmp_path / "a", n_images=300, random_state=0, progress=False)
+        assert "pt_test_blob" not in json.loads((plain / "corpus.json").read_text())["objects"]
+        mine = make_pretraining_corpus(tmp_path / "b", n_images=300, random_state=0, progress=False,
+                                       features=(*BUILTIN_FEATURES, "pt_test_blob"))
+        assert "pt_test_blob" in {a for r in _rows(mine) for a in r["region_attributes"]}
+        with pytest.raises(ValueError, match="pt_test_blub"):
+            make_pretraining_corpus(tmp_path / "c", n_images=20, features=("pt_test_blub",))
+    finally:
+        FEATURES.unregister("pt_test_blob")

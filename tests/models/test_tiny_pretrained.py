@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ravl.data import load_dataset
-from ravl.data.features import list_features
+from ravl.data.features import BUILTIN_FEATURES
 from ravl.data.pretraining import make_pretraining_corpus
 from ravl.data.synthetic import CAPTION_TEMPLATES
 from ravl.exceptions import CheckpointError
@@ -58,7 +58,7 @@ def test_pretrained_weights_know_digits_and_objects_without_shortcuts(pretrained
     reg = embed_regions(pretrained, fresh_corpus, mode="masked", progress=False)
     table = fresh_corpus.region_table()
     attrs = np.array(table.attributes)
-    for name in list_features():
+    for name in BUILTIN_FEATURES:
         rows = np.flatnonzero(attrs == name)
         c = int(np.bincount((reg[rows] @ t.T).argmax(1), minlength=10).argmax())
         has = np.zeros(len(fresh_corpus), bool)

@@ -41,6 +41,7 @@ from ravl.utils.registry import Registry
 from ravl.utils.validation import check_int
 
 __all__ = [
+    "BUILTIN_FEATURES",
     "FEATURES",
     "FeaturePainter",
     "SpuriousFeature",
@@ -215,3 +216,6 @@ register_feature("red_square", _red_square, kind="colour",
                  description="the whole quadrant solid pure red (255, 0, 0), as in the reference")
 register_feature("ring", _ring, kind="shape", description="a yellow (255, 255, 0) circle outline on black")
 register_feature("stripes", _stripes, kind="texture", description="cyan (0, 255, 255) diagonal stripes on black")
+
+#: The features ravl registers itself, in registration order (others are the user's).
+BUILTIN_FEATURES: tuple[str, ...] = ("red_square", "ring", "stripes")

@@ -10,9 +10,10 @@ weights of its own, so this module builds the corpus they come from
   digit source the settings draw from (their evaluation digits stay unseen, whatever the seed).
 - **Every object, everywhere, with every class.** Each quadrant other than the digit's holds,
   with probability ``object_probability`` and independently of the digit's class, one object:
-  a registered spurious feature (:func:`ravl.data.features.list_features`, painted as the
-  settings paint it) or a generic shape (square, ring, stripes, dot) in one of several colours,
-  at a random size. The class x object table is independent by construction.
+  a spurious feature (by default ravl's built-in ones,
+  :data:`ravl.data.features.BUILTIN_FEATURES`, painted as the settings paint them; ``features=``
+  adds features you registered) or a generic shape (square, ring, stripes, dot) in one of several
+  colours, at a random size. The class x object table is independent by construction.
 - **Captions name the objects**: the digit with one of the settings' caption templates, then
   (with probability ``mention_probability``) the objects, e.g. ``"the image shows a three
   with a yellow ring and a red square"``.
@@ -34,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ravl.data.attributes import EMPTY_ATTRIBUTE
 from ravl.data.dataset import write_metadata
 from ravl.data.digits import DIGIT_CLASSES
-from ravl.data.features import get_feature, list_features
+from ravl.data.features import BUILTIN_FEATURES, get_feature
 from ravl.data.synthetic import CAPTION_TEMPLATES, _png_bytes
 from ravl.exceptions import DatasetError
 from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
@@ -113,10 +115,10 @@ def _paint_shape(shape: str, colour: tuple[int, int, int], size: int, rng: np.ra
     return tile
 
 
-def _objects() -> list[tuple[str, str, Any]]:
+def _objects(features: tuple[str, ...]) -> list[tuple[str, str, Any]]:
     """Every object of the corpus: ``(attribute name, caption words, painter spec)``."""
     out: list[tuple[str, str, Any]] = []
-    for name in list_features():
+    for name in features:
         out.append((name, name.replace("_", " ").replace("-", " "), ("feature", name)))
     for shape in SHAPES:
         for colour in COLOURS:
@@ -133,7 +135,8 @@ def _article(words: str) -> str:
 
 def make_pretraining_corpus(out_dir: str | os.PathLike, *, n_images: int = 30000, image_size: int = 56,
                             object_probability: float = 0.5, mention_probability: float = 0.8,
-                            val_fraction: float = 0.05, random_state=0, progress: bool = True) -> Path:
+                            val_fraction: float = 0.05, features: Sequence[str] = BUILTIN_FEATURES,
+                            random_state=0, progress: bool = True) -> Path:
     """Build the pretraining corpus (see the module docstring) in ``out_dir``.
 
     Args:
@@ -143,6 +146,8 @@ def make_pretraining_corpus(out_dir: str | os.PathLike, *, n_images: int = 30000
         object_probability: Probability that each free quadrant holds an object, in [0, 1].
         mention_probability: Probability that a caption names the image's objects, in [0, 1].
         val_fraction: Fraction of images in split ``"val"``, in [0, 0.5].
+        features: Registered spurious features painted as objects (default: the built-in ones,
+            so the corpus does not depend on what else is registered).
         random_state: Seed (an int makes the corpus reproducible) or numpy Generator.
         progress: Show a progress bar.
 
@@ -160,12 +165,13 @@ def make_pretraining_corpus(out_dir: str | os.PathLike, *, n_images: int = 30000
     object_probability = check_float(object_probability, "object_probability", _CALLER, low=0, high=1)
     mention_probability = check_float(mention_probability, "mention_probability", _CALLER, low=0, high=1)
     val_fraction = check_float(val_fraction, "val_fraction", _CALLER, low=0, high=0.5)
+    features = tuple(get_feature(f).name for f in features)   # unknown names raise, naming the known ones
     seed = random_state if isinstance(random_state, int) else None
     rng = check_random_state(random_state)
     out = Path(out_dir)
     params = {"version": CORPUS_VERSION, "n_images": n_images, "image_size": image_size,
               "object_probability": object_probability, "mention_probability": mention_probability,
-              "val_fraction": val_fraction, "seed": seed, "objects": [o[0] for o in _objects()]}
+              "val_fraction": val_fraction, "seed": seed, "objects": [o[0] for o in _objects(features)]}
     record = out / _CORPUS_FILE
     if record.exists():
         if seed is not None and read_json(record) == params and (out / "metadata.jsonl").exists():
@@ -176,7 +182,7 @@ def make_pretraining_corpus(out_dir: str | os.PathLike, *, n_images: int = 30000
     (out / "images").mkdir(parents=True, exist_ok=True)
 
     q = image_size // 2
-    objects = _objects()
+    objects = _objects(features)
     boxes = [[0, 0, q, q], [q, 0, 2 * q, q], [0, q, q, 2 * q], [q, q, 2 * q, 2 * q]]
     width = max(5, len(str(n_images - 1)))
     n_val = int(round(val_fraction * n_images))
@@ -184,7 +190,7 @@ def make_pretraining_corpus(out_dir: str | os.PathLike, *, n_images: int = 30000
     split[rng.permutation(n_images)[:n_val]] = "val"
     labels = rng.integers(0, len(DIGIT_CLASSES), size=n_images)
     rows = []
-    feature_tiles = {name: get_feature(name).render(q) for name in list_features()}
+    feature_tiles = {name: get_feature(name).render(q) for name in features}
     bar = progress_bar(total=n_images, desc="pretraining corpus", disable=None if progress else True)
     try:
         for i in range(n_images):
