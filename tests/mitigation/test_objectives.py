@@ -388,7 +388,8 @@ def test_region_objective_with_the_real_region_batch_on_the_fake_model():
         assert model.module["img" if mode == "masked" else "roi"].weight.grad.abs().sum() > 0
 
 
-def test_region_objective_with_the_tiny_clip():
+def _tiny_and_batch():
+    """The tiny CLIP and a 4-image batch of random pixels with digit captions."""
     import ravl
 
     model = ravl.load_model("tiny", seed=0)
@@ -396,6 +397,11 @@ def test_region_objective_with_the_tiny_clip():
     g = torch.Generator().manual_seed(0)
     batch = {"pixels": torch.randn(4, 3, h, w, generator=g), "indices": torch.tensor([0, 1, 2, 3]),
              "tokens": model.tokenize([f"the digit {CLASSES[LABELS[i]]}" for i in range(4)])}
+    return model, batch
+
+
+def test_region_objective_with_the_tiny_clip():
+    model, batch = _tiny_and_batch()
     obj = RegionAwareObjective(region_labels(), LABELS, class_names=CLASSES, templates=TEMPLATES,
                                region_mode="masked")
     out = obj(model, batch)
@@ -425,13 +431,7 @@ def test_region_objective_train_region_mode_overrides_the_labelling_mode():
 def test_region_objective_roi_on_the_tiny_clip_is_one_backbone_pass():
     # train_region_mode="roi" on the tiny CLIP: images and regions from one feature-map pass
     # (encode_image_and_roi), the same loss as the separate passes (BatchNorm in eval mode here).
-    import ravl
-
-    model = ravl.load_model("tiny", seed=0)
-    h, w = model.image_size
-    g = torch.Generator().manual_seed(0)
-    batch = {"pixels": torch.randn(4, 3, h, w, generator=g), "indices": torch.tensor([0, 1, 2, 3]),
-             "tokens": model.tokenize([f"the digit {CLASSES[LABELS[i]]}" for i in range(4)])}
+    model, batch = _tiny_and_batch()
     kw = dict(class_names=CLASSES, templates=TEMPLATES, region_mode="masked", train_region_mode="roi")
     calls = []
     orig = model.module.feature_map
