@@ -87,7 +87,7 @@ def run_discover(args) -> int:
     specs, cfg, methods = plan(args)
     out = Path(args.out)
     print(f"{len(specs)} settings x {len(methods)} methods -> {out} (grid {args.grid}, {args.backend} backend, "
-          f"{cfg.n_train} images x {cfg.epochs} epochs, {cfg.threads} thread(s) per setting)")
+          f"{cfg.n_train} images x {cfg.epochs} epochs from {cfg.init} weights, {cfg.threads} thread(s) per setting)")
     t0 = time.monotonic()
     rows = run_grid(specs, out, cfg, methods=methods, progress=not args.quiet, backend=args.backend,
                     num_workers=args.workers, ray_address=args.ray_address)

@@ -129,7 +129,7 @@ def plan(args) -> tuple[list, MitigationBenchmarkConfig, list[str]]:
 def run_mitigate(args) -> int:
     specs, cfg, methods = plan(args)
     out = Path(args.out)
-    print(f"{len(specs)} settings x {len(methods)} methods -> {out}")
+    print(f"{len(specs)} settings x {len(methods)} methods -> {out} (from {cfg.init} weights)")
     rows = run_mitigation_grid(specs, out, cfg, methods=methods, backend=args.backend, num_workers=args.workers,
                                ray_address=args.ray_address, progress=not args.quiet)
     write_outputs(rows, out, cfg.to_dict())
