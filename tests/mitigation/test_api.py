@@ -246,3 +246,21 @@ def test_ravl_labels_once_per_run_not_per_epoch(env, tmp_path, monkeypatch):
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["mitigation"]["method_config"]["train_region_mode"] == "roi"
     assert res.labelling["region_mode"] == "masked"      # labelled in the labelling's mode, trained on roi
+
+
+def test_context_knows_fresh_from_trained_starting_weights():
+    from ravl.mitigation.registry import MitigationContext
+
+    def ctx(start, init):
+        return MitigationContext(train=None, labels=np.zeros(0, dtype=np.int64), classes=[], templates=(),
+                                 labelling=None, finetune=FinetuneConfig(), start=start, region_mode="masked",
+                                 load_audited=lambda: None, init=init)
+
+    assert ctx("init", {"model": "tiny", "seed": 0, "checkpoint": None}).from_random_weights
+    assert ctx("init", {"model": "open_clip:RN50", "checkpoint": None}).from_random_weights
+    assert ctx("init", None).from_random_weights                       # no record: the built-in default
+    assert not ctx("init", {"model": "tiny", "pretrained": "synthetic"}).from_random_weights
+    assert not ctx("init", {"model": "open_clip:RN50", "pretrained": "openai"}).from_random_weights
+    assert not ctx("init", {"model": "tiny", "checkpoint": "/ck"}).from_random_weights
+    assert not ctx("init", {"model": "hf:/models/clip", "checkpoint": None}).from_random_weights
+    assert not ctx("checkpoint", None).from_random_weights

@@ -138,9 +138,14 @@ class MitigationContext:
 
     @property
     def from_random_weights(self) -> bool:
-        """Whether training starts from freshly initialised weights (no checkpoint, no pretrained weights)."""
-        return (self.start == "init" and self.init is not None and not self.init.get("checkpoint")
-                and not self.init.get("pretrained"))
+        """Whether training starts from freshly initialised weights: ``start="init"`` and the
+        ``init`` record names no checkpoint, no pretrained weights and no Hugging Face folder
+        (``hf:DIR`` always loads the folder's trained weights). Without a record, ``"init"``
+        counts as fresh weights (the built-in models' default)."""
+        if self.start != "init":
+            return False
+        init = self.init or {}
+        return not (init.get("checkpoint") or init.get("pretrained") or str(init.get("model", "")).startswith("hf:"))
 
     def epoch_rng(self, epoch: int, salt: int) -> np.random.Generator:
         """A generator seeded by ``(finetune.seed, epoch, salt)``, for deterministic, resumable data orders."""
