@@ -454,7 +454,7 @@ def test_unreadable_files_and_bad_options(tmp_path):
     with pytest.raises(ValueError, match=r"Unknown option\(s\) \['sed'\].*'seed'"):
         load_model("open_clip:ravl-test-rn", sed=1)
     with pytest.raises(ValueError, match="either checkpoint= or pretrained="):
-        load_model("open_clip:ravl-test-rn", checkpoint=bad, pretrained="openai")
+        load_model("open_clip:ravl-test-rn", checkpoint=bad, pretrained="openai")  # offline-ok: refused before loading
 
 
 def test_pretrained_tag_offline_error(monkeypatch):
@@ -465,9 +465,9 @@ def test_pretrained_tag_offline_error(monkeypatch):
 
     monkeypatch.setattr(factory, "download_pretrained", offline)  # no network access in tests, ever
     with pytest.raises(CheckpointError) as err:
-        load_model("open_clip:RN50", pretrained="openai")
+        load_model("open_clip:RN50", pretrained="openai")  # offline-ok: download_pretrained is patched to fail
     msg = str(err.value)
-    assert "pretrained='openai'" in msg and "Network is unreachable" in msg and "already holds" in msg
+    assert "pretrained='openai'" in msg and "Network is unreachable" in msg and "already holds" in msg  # offline-ok
     assert "checkpoint=FILE" in msg
 
 

@@ -78,7 +78,7 @@ def test_pretrain_command_builds_a_loadable_checkpoint(tmp_path):
 
 def test_bad_pretrained_requests():
     with pytest.raises(ValueError, match="Unknown pretrained weights 'openai' for model 'tiny'; choose one of"):
-        load_model("tiny", pretrained="openai")
+        load_model("tiny", pretrained="openai")   # offline-ok: an unknown tag is refused before any loading
     with pytest.raises(ValueError, match="either a checkpoint or pretrained weights, not both"):
         load_model("tiny", checkpoint="somewhere", pretrained="synthetic")
 

@@ -169,9 +169,10 @@ def make_pretraining_corpus(out_dir: str | os.PathLike, *, n_images: int = 30000
     seed = random_state if isinstance(random_state, int) else None
     rng = check_random_state(random_state)
     out = Path(out_dir)
+    objects = _objects(features)
     params = {"version": CORPUS_VERSION, "n_images": n_images, "image_size": image_size,
               "object_probability": object_probability, "mention_probability": mention_probability,
-              "val_fraction": val_fraction, "seed": seed, "objects": [o[0] for o in _objects(features)]}
+              "val_fraction": val_fraction, "seed": seed, "objects": [o[0] for o in objects]}
     record = out / _CORPUS_FILE
     if record.exists():
         if seed is not None and read_json(record) == params and (out / "metadata.jsonl").exists():
@@ -182,7 +183,6 @@ def make_pretraining_corpus(out_dir: str | os.PathLike, *, n_images: int = 30000
     (out / "images").mkdir(parents=True, exist_ok=True)
 
     q = image_size // 2
-    objects = _objects(features)
     boxes = [[0, 0, q, q], [q, 0, 2 * q, q], [0, q, q, 2 * q], [q, q, 2 * q, 2 * q]]
     width = max(5, len(str(n_images - 1)))
     n_val = int(round(val_fraction * n_images))
