@@ -446,7 +446,8 @@ def test_failed_build_keeps_the_previous_setting(tmp_path, monkeypatch):
     ({"val_fraction": 0.7}, r"'val_fraction' parameter of make_spurious_benchmark must be a float in \[0.0, 0.5\]"),
     ({"source": "cifar"}, r"The 'source' parameter must be one of"),
     ({"source": 3}, r"The 'source' parameter of make_spurious_benchmark must be a string"),
-    ({"image_size": 57}, r"The 'image_size' parameter of make_spurious_benchmark must be an even int in \[8, 1024\]"),
+    ({"image_size": 57}, r"The 'image_size' parameter of make_spurious_benchmark must be an int in \[8, 1024\], a "
+                         r"multiple of the grid size 2"),
     ({"random_state": -1}, "'random_state' parameter of make_spurious_benchmark"),
     ({"random_state": "abc"}, "'random_state' parameter of make_spurious_benchmark"),
 ])

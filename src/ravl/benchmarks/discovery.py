@@ -44,6 +44,7 @@ from ravl.benchmarks.grid import (
     file_lock,
     grid,
     grid_init_record,
+    grid_layout,
     mean_ci,
     nan_to_none,
     read_rows,
@@ -98,6 +99,9 @@ class BenchmarkConfig:
             count; part of the configuration, so a folder is never extended with another count.
         init: ``"scratch"`` (fresh weights seeded by the setting's seed) or ``"pretrained"``
             (the tiny CLIP's shipped pretrained weights, ``load_model("tiny", pretrained="synthetic")``).
+        layout: Image layout of every setting: the fields of
+            :class:`~ravl.data.synthetic.SyntheticLayout` that differ from the default 2 x 2 grid
+            (e.g. ``{"grid_size": 3, "distractors": 2}``).
     """
 
     n_train: int = 3000
@@ -110,9 +114,11 @@ class BenchmarkConfig:
     region_mode: str | None = None
     threads: int = 1
     init: str = "scratch"
+    layout: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice(self.init, "init", "BenchmarkConfig", GRID_INITS)
+        object.__setattr__(self, "layout", grid_layout(self.layout, "the 'layout' parameter of BenchmarkConfig"))
         check_int(self.n_train, "n_train", "BenchmarkConfig", low=2)
         check_int(self.n_eval, "n_eval", "BenchmarkConfig", low=2)
         check_int(self.epochs, "epochs", "BenchmarkConfig", low=1)
@@ -122,11 +128,13 @@ class BenchmarkConfig:
         check_int(self.threads, "threads", "BenchmarkConfig", low=1)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (``benchmark_config.json``); ``init`` only when not ``"scratch"``, so
-        earlier work folders still resume."""
+        """JSON-ready dict (``benchmark_config.json``); ``init`` only when not ``"scratch"`` and
+        ``layout`` only when not the default, so earlier work folders still resume."""
         out = asdict(self)
         if out["init"] == "scratch":
             del out["init"]
+        if not out["layout"]:
+            del out["layout"]
         return out
 
     @classmethod
@@ -310,7 +318,8 @@ def _compute_setting(spec: SettingSpec, work: Path, config: BenchmarkConfig,
 
     setting = make_spurious_benchmark(work / "setting", spurious_class=spec.spurious_class, feature=spec.feature,
                                       cramers_v=spec.cramers_v, n_train=config.n_train, n_eval=config.n_eval,
-                                      source=config.source, random_state=spec.seed, progress=progress)
+                                      source=config.source, layout=config.layout, random_state=spec.seed,
+                                      progress=progress)
     lap("data")
     built = not (work / "model" / STATE_FILE).exists()
     init = grid_init_record(config.init, spec.seed)

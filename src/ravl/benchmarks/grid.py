@@ -66,6 +66,28 @@ def grid_init_record(init: str, seed: int) -> dict[str, Any]:
     return record
 
 
+def grid_layout(value: Mapping[str, Any] | None, where: str = "layout") -> dict[str, Any]:
+    """A grid's image layout as the fields of :class:`ravl.data.synthetic.SyntheticLayout` that
+    differ from the default (``{}``: the default 2 x 2 grid), checked.
+
+    Example:
+        >>> grid_layout({"grid_size": 3, "distractors": 0, "placement": "random"})
+        {'grid_size': 3}
+    """
+    from ravl.data.synthetic import SyntheticLayout
+
+    layout = SyntheticLayout.coerce(dict(value or {}), where=where)
+    default = SyntheticLayout().to_dict()
+    return {k: v for k, v in layout.to_dict().items() if v != default[k]}
+
+
+def describe_grid_layout(layout: Mapping[str, Any] | None) -> str:
+    """One line for a grid's layout, e.g. ``"2x2 grid, feature in any free cell"``."""
+    from ravl.data.synthetic import SyntheticLayout
+
+    return SyntheticLayout.coerce(dict(layout or {})).describe()
+
+
 def strict_from_dict(cls, d: Mapping[str, Any]):
     """``cls(**d)`` for a config dataclass, naming unknown keys (e.g. a folder from another version)."""
     names = {f.name for f in fields(cls)}

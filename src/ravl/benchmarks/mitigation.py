@@ -56,6 +56,7 @@ from ravl.benchmarks.grid import (
     file_lock,
     grid,
     grid_init_record,
+    grid_layout,
     mean_ci,
     nan_to_none,
     read_rows,
@@ -145,6 +146,9 @@ class MitigationBenchmarkConfig:
             ``"scratch"`` (fresh weights seeded by the setting's seed) or ``"pretrained"`` (the
             tiny CLIP pretrained on the broad synthetic corpus, ``load_model("tiny",
             pretrained="synthetic")``: the paper's protocol of fine-tuning a pretrained CLIP).
+        layout: Image layout of every setting: the fields of
+            :class:`~ravl.data.synthetic.SyntheticLayout` that differ from the default 2 x 2 grid
+            (e.g. ``{"grid_size": 3, "distractors": 2}``).
     """
 
     n_train: int = 6000
@@ -158,9 +162,11 @@ class MitigationBenchmarkConfig:
     finetune: FinetuneConfig = field(default_factory=_default_finetune)
     options: MitigationOptions = field(default_factory=MitigationOptions)
     method_configs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    layout: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         c = "MitigationBenchmarkConfig"
+        object.__setattr__(self, "layout", grid_layout(self.layout, f"the 'layout' parameter of {c}"))
         for name, low in (("n_train", 20), ("n_eval", 20), ("continue_epochs", 1), ("k", 1), ("threads", 1)):
             check_int(getattr(self, name), name, c, low=low)
         check_float(self.min_gap, "min_gap", c, low=-1, high=1)
@@ -201,6 +207,8 @@ class MitigationBenchmarkConfig:
                "method_configs": {k: dict(v) for k, v in sorted(self.method_configs.items())}}
         if self.init != "scratch":   # absent for the default, so earlier work folders still resume
             out["init"] = self.init
+        if self.layout:              # likewise
+            out["layout"] = dict(self.layout)
         return out
 
     @classmethod
@@ -265,7 +273,8 @@ def _evaluate_dir(ckpt: Path, ev_ds, spurious_class: str, feature: str, template
 def _stage1(spec: SettingSpec, work: Path, config: MitigationBenchmarkConfig, progress: bool) -> _Stage1:
     setting = make_spurious_benchmark(work / "setting", spurious_class=spec.spurious_class, feature=spec.feature,
                                       cramers_v=spec.cramers_v, n_train=config.n_train, n_eval=config.n_eval,
-                                      source=config.source, random_state=spec.seed, progress=progress)
+                                      source=config.source, layout=config.layout, random_state=spec.seed,
+                                      progress=progress)
     audited_dir = work / "model"
     init = grid_init_record(config.init, spec.seed)
     model = load_init_model(init)

@@ -19,8 +19,13 @@ from ravl.benchmarks.discovery import (
     summarize,
     summary_tables,
 )
-from ravl.benchmarks.grid import GRID_INITS
-from ravl.cli._benchmark_common import add_backend_arguments, check_backend_arguments
+from ravl.benchmarks.grid import GRID_INITS, describe_grid_layout
+from ravl.cli._benchmark_common import (
+    add_backend_arguments,
+    add_layout_arguments,
+    check_backend_arguments,
+    layout_from_args,
+)
 from ravl.cli._common import out_dir_arg
 from ravl.discovery.registry import DISCOVERY_METHODS
 from ravl.report.figures import precision_vs_strength
@@ -51,6 +56,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     d.add_argument("--init", default="scratch", choices=list(GRID_INITS),
                    help="start of every fine-tuning: fresh seeded weights ('scratch') or the tiny CLIP's shipped "
                         "pretrained weights ('pretrained', the paper's protocol)")
+    add_layout_arguments(d)
     add_backend_arguments(d)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(_benchmark_run=run_discover)
@@ -79,6 +85,7 @@ def plan(args):
     over = {k: v for k, v in {"n_train": args.n_train, "n_eval": args.n_eval, "epochs": args.epochs,
                               "threads": args.threads}.items() if v is not None}
     over["init"] = args.init
+    over["layout"] = layout_from_args(args, {s.feature for s in specs})
     cfg = BenchmarkConfig.from_dict({**preset.config.to_dict(), **over})
     return specs, cfg, list(dict.fromkeys(args.methods))
 
@@ -87,7 +94,8 @@ def run_discover(args) -> int:
     specs, cfg, methods = plan(args)
     out = Path(args.out)
     print(f"{len(specs)} settings x {len(methods)} methods -> {out} (grid {args.grid}, {args.backend} backend, "
-          f"{cfg.n_train} images x {cfg.epochs} epochs from {cfg.init} weights, {cfg.threads} thread(s) per setting)")
+          f"{cfg.n_train} images x {cfg.epochs} epochs from {cfg.init} weights, {describe_grid_layout(cfg.layout)}, "
+          f"{cfg.threads} thread(s) per setting)")
     t0 = time.monotonic()
     rows = run_grid(specs, out, cfg, methods=methods, progress=not args.quiet, backend=args.backend,
                     num_workers=args.workers, ray_address=args.ray_address)

@@ -11,7 +11,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from ravl.benchmarks.grid import GRID_INITS
+from ravl.benchmarks.grid import GRID_INITS, describe_grid_layout
 from ravl.benchmarks.mitigation import (
     CONTINUE_SUFFIX,
     MitigationBenchmarkConfig,
@@ -23,7 +23,12 @@ from ravl.benchmarks.mitigation import (
     summarize_groups,
     summarize_mitigation,
 )
-from ravl.cli._benchmark_common import add_backend_arguments, check_backend_arguments
+from ravl.cli._benchmark_common import (
+    add_backend_arguments,
+    add_layout_arguments,
+    check_backend_arguments,
+    layout_from_args,
+)
 from ravl.cli._common import out_dir_arg, parse_features, parse_quantile
 from ravl.cli._methods import add_method_arguments, method_configs_from_args
 from ravl.evaluation.metrics import SUMMARY_METRICS
@@ -81,6 +86,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--assignment-quantile", default=str(d.options.assignment_quantile),
                    help="labelling threshold (quantile of the cluster members' similarity to the medoid); 'none': "
                         "nearest medoid only")
+    add_layout_arguments(p)
     add_backend_arguments(p)
     p.add_argument("--quiet", action="store_true")
     add_method_arguments(p)
@@ -121,7 +127,7 @@ def plan(args) -> tuple[list, MitigationBenchmarkConfig, list[str]]:
         n_train=args.n_train, n_eval=args.n_eval, continue_epochs=args.continue_epochs, init=args.init,
         threads=args.threads if args.threads is not None else d.threads,
         finetune=replace(d.finetune, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr), options=options,
-        method_configs=method_configs_from_args(args, bases))
+        method_configs=method_configs_from_args(args, bases), layout=layout_from_args(args, args.features))
     specs = grid(args.features, args.spurious_classes, args.strengths, args.seeds)
     return specs, cfg, methods
 
@@ -129,7 +135,8 @@ def plan(args) -> tuple[list, MitigationBenchmarkConfig, list[str]]:
 def run_mitigate(args) -> int:
     specs, cfg, methods = plan(args)
     out = Path(args.out)
-    print(f"{len(specs)} settings x {len(methods)} methods -> {out} (from {cfg.init} weights)")
+    print(f"{len(specs)} settings x {len(methods)} methods -> {out} (from {cfg.init} weights, "
+          f"{describe_grid_layout(cfg.layout)})")
     rows = run_mitigation_grid(specs, out, cfg, methods=methods, backend=args.backend, num_workers=args.workers,
                                ray_address=args.ray_address, progress=not args.quiet)
     write_outputs(rows, out, cfg.to_dict())

