@@ -50,6 +50,10 @@ VARIANTS = {
     "masked-r32": ("ravl", {"region_images": 32}),
     "masked-r16": ("ravl", {"region_images": 16}),
     "masked-s16": ("ravl", {"region_images": 16, "region_image_choice": "spurious"}),
+    "crop28": ("ravl", {"train_region_mode": "crop", "train_region_size": 28}),
+    "masked28": ("ravl", {"train_region_size": 28}),
+    "crop20": ("ravl", {"train_region_mode": "crop", "train_region_size": 20}),
+    "crop28-r64": ("ravl", {"train_region_mode": "crop", "train_region_size": 28, "region_images": 64}),
 }
 METRICS = ("Image Overall", "Image Worst-Group", "Region Overall", "Region Worst-Group")
 
@@ -57,6 +61,7 @@ METRICS = ("Image Overall", "Image Worst-Group", "Region Overall", "Region Worst
 def stage1(work: Path, feature: str, spurious_class: str, seed: int, args):
     """Setting, audited model, discovery on eval val and the labelling (each cached in ``work``)."""
     from ravl.data.dataset import load_dataset
+    from ravl.benchmarks.grid import grid_init_record
     from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
     from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
     from ravl.discovery.result import DiscoveryResult
@@ -69,9 +74,9 @@ def stage1(work: Path, feature: str, spurious_class: str, seed: int, args):
                                       random_state=seed, progress=False)
     cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seed)
     audited = work / "model"
-    model = load_model("tiny", seed=seed)
-    finetune(model, load_dataset(setting.train_dir), audited, cfg, progress=False,
-             init={"model": "tiny", "seed": seed, "checkpoint": None})
+    init = grid_init_record(args.init, seed)
+    model = load_model(init["model"], **{k: v for k, v in init.items() if k != "model"})
+    finetune(model, load_dataset(setting.train_dir), audited, cfg, progress=False, init=init)
     ev = load_dataset(setting.eval_dir)
     dpath = work / "discovery.json"
     if not dpath.exists():
@@ -146,6 +151,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-eval", type=int, default=1000)
     p.add_argument("--cramers-v", type=float, default=0.95)
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--init", choices=["scratch", "pretrained"], default="scratch",
+                   help="start of the audited fine-tuning and of every variant (as `ravl benchmark mitigate --init`)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per variant (cost)")
     p.add_argument("--no-cost", action="store_true", help="skip the timing")
@@ -175,6 +182,7 @@ def main(argv=None) -> int:
         args.variants.insert(0, "standard")
     out = Path(args.out)
     results = {"n_train": args.n_train, "n_eval": args.n_eval, "epochs": args.epochs, "batch_size": args.batch_size,
+               "init": args.init,
                "cramers_v": args.cramers_v, "threads": args.threads, "cpus": os.cpu_count(),
                "torch": torch.__version__, "cost": None, "quality": []}
     for si, spec in enumerate(args.settings):

@@ -445,6 +445,66 @@ def test_region_objective_roi_on_the_tiny_clip_is_one_backbone_pass():
         assert torch.allclose(one[k], sep[k], atol=1e-5), k
 
 
+def test_region_objective_train_region_size_encodes_smaller_region_inputs():
+    # train_region_size=28 on the tiny CLIP: the regions enter the image tower as 28 x 28 inputs,
+    # exactly the crops region_pixels makes at that size; gradients reach the conv tower.
+    from ravl.models.regions import region_pixels
+
+    model, batch = _tiny_and_batch()
+    model.module.eval()                       # BatchNorm statistics independent of the pass order
+    shapes, seen = [], {}
+    orig = model.module.feature_map
+    model.module.feature_map = lambda px: shapes.append(tuple(px.shape)) or orig(px)
+    kw = dict(class_names=CLASSES, templates=TEMPLATES, region_mode="masked")
+    obj = RegionAwareObjective(region_labels(), LABELS, train_region_mode="crop", train_region_size=28, **kw)
+    out = obj(model, batch)
+    assert shapes[0] == (4, 3, 56, 56) and shapes[-1][1:] == (3, 28, 28)
+
+    def ref_embedder(m, px, bx, mode):
+        seen["boxes"] = bx
+        return m.encode_image(region_pixels(m, px, bx, mode, size=28))
+
+    ref = RegionAwareObjective(region_labels(), LABELS, train_region_mode="crop", region_embedder=ref_embedder,
+                               **kw)(model, batch)
+    for k in ("loss", "region_loss", "alignment_loss"):
+        assert torch.allclose(out[k], ref[k], atol=1e-5), k
+    out["loss"].backward()
+    conv = model.module.visual[0].conv.weight.grad
+    assert conv is not None and conv.abs().sum() > 0
+    assert RegionAwareConfig.from_dict(RegionAwareConfig(train_region_size=28).to_dict()).train_region_size == 28
+    with pytest.raises(ValueError, match="'train_region_size'"):
+        RegionAwareConfig(train_region_size=4)
+    with pytest.raises(ValueError, match="'roi' pools features"):
+        RegionAwareConfig(train_region_mode="roi", train_region_size=28)
+    with pytest.raises(ValueError, match="region mode here is 'roi'"):
+        RegionAwareObjective(region_labels(), LABELS, class_names=CLASSES, templates=TEMPLATES, region_mode="roi",
+                             train_region_size=28)
+
+
+def test_train_region_size_refuses_towers_of_one_input_size():
+    obj = RegionAwareObjective(region_labels(), LABELS, class_names=CLASSES, templates=TEMPLATES,
+                               region_mode="masked", train_region_size=4 * H)
+    with pytest.raises(ValueError, match=r"train_region_size \(32\) needs an image tower that takes inputs of other "
+                                         "sizes.*FakeModel.*Drop --train-region-size"):
+        obj(FakeModel(), make_batch())
+
+
+def test_region_pixels_at_a_smaller_size():
+    from ravl.models.regions import region_pixels
+
+    model, batch = _tiny_and_batch()
+    px = batch["pixels"]
+    quadrant = torch.tensor([[1, 0.5, 0.0, 1.0, 0.5]])        # image 1, top-right quadrant
+    crop = region_pixels(model, px, quadrant, "crop", size=28)
+    assert crop.shape == (1, 3, 28, 28)
+    assert torch.allclose(crop[0], px[1, :, :28, 28:], atol=1e-5)   # a cell at its own resolution: its pixels
+    full = region_pixels(model, px, quadrant, "masked")
+    small = region_pixels(model, px, quadrant, "masked", size=28)
+    assert small.shape == (1, 3, 28, 28)
+    assert torch.allclose(small, F.interpolate(full, size=(28, 28), mode="bilinear", antialias=True))
+    assert region_pixels(model, px, quadrant, "masked", size=56).equal(full)
+
+
 def test_region_objective_region_images_keeps_the_first_rows():
     seen = {}
 

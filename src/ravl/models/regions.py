@@ -469,8 +469,8 @@ def _check_roi_boxes(pixels: torch.Tensor, boxes: torch.Tensor, caller: str) -> 
     return boxes
 
 
-def region_pixels(model, pixels: torch.Tensor, boxes: torch.Tensor, mode: str = DEFAULT_REGION_MODE
-                  ) -> torch.Tensor:
+def region_pixels(model, pixels: torch.Tensor, boxes: torch.Tensor, mode: str = DEFAULT_REGION_MODE,
+                  size: int | None = None) -> torch.Tensor:
     """Region inputs ``[R, 3, H, W]`` built from preprocessed images, differentiably.
 
     Args:
@@ -482,6 +482,10 @@ def region_pixels(model, pixels: torch.Tensor, boxes: torch.Tensor, mode: str = 
             :func:`box_pixel_bounds` on the ``H x W`` grid, so for images stored at the model's
             input size this equals what :func:`embed_regions` encodes); ``"crop"``: the box
             resampled to ``H x W`` with bilinear :func:`~torch.nn.functional.grid_sample`.
+        size: Side of the returned inputs (``[R, 3, size, size]``); ``None``: the images' own
+            ``H x W``. A crop is resampled straight to it; a masked image is built at ``H x W``
+            and then resized (bilinear, antialiased). For image towers that take smaller inputs
+            (the tiny CLIP), a cheaper region pass.
 
     Raises:
         ValueError: For ``"roi"`` (it pools features, not pixels; use :func:`region_batch`).
@@ -509,7 +513,12 @@ def region_pixels(model, pixels: torch.Tensor, boxes: torch.Tensor, mode: str = 
         mx = axis_mask(xy[:, 0], xy[:, 2], w)
         my = axis_mask(xy[:, 1], xy[:, 3], h)
         mask = (my[:, :, None] & mx[:, None, :]).unsqueeze(1).to(pixels.dtype)  # [R, 1, H, W]
-        return src * mask + _black_value(model, pixels) * (1 - mask)
+        out = src * mask + _black_value(model, pixels) * (1 - mask)
+        if size is not None and (size, size) != (h, w):
+            out = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return out
+    if size is not None:
+        h = w = int(size)
     # crop: output pixel k samples x0 + (k + 0.5) / W * (x1 - x0) (align_corners=False).
     theta = torch.zeros(n, 2, 3, dtype=pixels.dtype, device=pixels.device)
     theta[:, 0, 0] = xy[:, 2] - xy[:, 0]

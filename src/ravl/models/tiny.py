@@ -358,6 +358,9 @@ class TinyCLIPAdapter:
     #: Each tower's parameters (``--freeze image|text``); the logit scale belongs to neither.
     image_tower_prefixes = ("visual.", "visual_norm.", "visual_proj.")
     text_tower_prefixes = ("token_embedding.", "positional_embedding", "text_blocks.", "text_norm.", "text_proj.")
+    #: ``encode_image`` takes inputs of any side >= 8 (convolutions, then global average pooling),
+    #: e.g. region crops at their own resolution (``RegionAwareConfig.train_region_size``).
+    accepts_any_image_size = True
 
     def __init__(self, module: TinyCLIP, name: str = "tiny"):
         self.name = name

@@ -27,7 +27,7 @@ from ravl.mitigation.common import (
 )
 from ravl.mitigation.labelling import RegionLabels
 from ravl.mitigation.registry import MitigationContext, MitigationPlan, register_mitigation_method
-from ravl.models.regions import DEFAULT_REGION_MODE, REGION_MODES, region_batch
+from ravl.models.regions import DEFAULT_REGION_MODE, REGION_MODES, region_batch, region_pixels
 from ravl.training.losses import clip_loss
 from ravl.utils.validation import check_choice, check_float, check_int
 
@@ -190,6 +190,12 @@ class RegionAwareConfig(ConfigMixin):
         region_image_choice: Which images ``region_images`` keeps: ``"batch"`` (its first rows)
             or ``"spurious"`` (images with a spurious region first, in batch order, then the
             others).
+        train_region_size: Side in pixels of the region inputs of the training step
+            (``masked`` / ``crop``; :func:`ravl.models.regions.region_pixels`); ``None``
+            (default): the model's input size. A crop of a 28-px cell at 28 px keeps the
+            object's scale at a quarter of the pixels of a 56-px pass. Only for image towers that
+            take other input sizes (the tiny CLIP: ``accepts_any_image_size``); ViTs with fixed
+            position embeddings are refused.
     """
 
     lam: float = field(default=1.0, metadata={"cli": "--lam", "help": "weight λ of RaVL's region-aware terms"})
@@ -212,6 +218,10 @@ class RegionAwareConfig(ConfigMixin):
     region_image_choice: str = field(default="batch", metadata={
         "cli": "--region-image-choice", "choices": REGION_IMAGE_CHOICES,
         "help": "with --region-images: the batch's first rows, or images with a spurious region first"})
+    train_region_size: int | None = field(default=None, metadata={
+        "cli": "--train-region-size",
+        "help": "side in pixels of the region inputs of RaVL's training step (masked / crop modes; default: the "
+                "model's input size); only for image towers that take other sizes (the tiny CLIP)"})
 
     def __post_init__(self) -> None:
         c = "RegionAwareConfig"
@@ -228,6 +238,11 @@ class RegionAwareConfig(ConfigMixin):
         if self.region_images is not None:
             check_int(self.region_images, "region_images", c, low=1)
         check_choice(self.region_image_choice, "region_image_choice", c, REGION_IMAGE_CHOICES)
+        if self.train_region_size is not None:
+            check_int(self.train_region_size, "train_region_size", c, low=8)
+            if self.train_region_mode == "roi":
+                raise InvalidParameterError("train_region_size sets the side of the region inputs of the masked and "
+                                            "crop modes; 'roi' pools features instead. Drop one of them.")
 
 
 class RegionAwareObjective(PromptObjective):
@@ -266,6 +281,10 @@ class RegionAwareObjective(PromptObjective):
         caller = type(self).__name__
         check_choice(region_mode, "region_mode", caller, REGION_MODES)
         self.region_mode = self.config.train_region_mode or region_mode
+        if self.config.train_region_size is not None and self.region_mode == "roi":
+            raise InvalidParameterError("train_region_size sets the side of the region inputs of the masked and crop "
+                                        "modes; the region mode here is 'roi' (pooled features). Drop "
+                                        "--train-region-size or set --train-region-mode masked|crop.")
         if not isinstance(region_labels, RegionLabels):
             raise InvalidParameterError(f"The 'region_labels' parameter of {caller} must be a RegionLabels. "
                                         f"Got {type(region_labels).__name__} instead.")
@@ -321,6 +340,13 @@ class RegionAwareObjective(PromptObjective):
         return np.arange(cap)
 
     def _embed(self, model, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        size = self.config.train_region_size
+        if size is not None and self._region_embedder is None:
+            if not getattr(model, "accepts_any_image_size", False):
+                raise InvalidParameterError(f"train_region_size ({size}) needs an image tower that takes inputs of "
+                                            f"other sizes (the tiny CLIP); {type(model).__name__} takes "
+                                            "its own input size only. Drop --train-region-size.")
+            return model.encode_image(region_pixels(model, pixels, boxes, self.region_mode, size=size))
         fn = self._region_embedder or region_batch
         return fn(model, pixels, boxes, mode=self.region_mode)
 
