@@ -60,8 +60,8 @@ METRICS = ("Image Overall", "Image Worst-Group", "Region Overall", "Region Worst
 
 def stage1(work: Path, feature: str, spurious_class: str, seed: int, args):
     """Setting, audited model, discovery on eval val and the labelling (each cached in ``work``)."""
-    from ravl.data.dataset import load_dataset
     from ravl.benchmarks.grid import grid_init_record
+    from ravl.data.dataset import load_dataset
     from ravl.data.synthetic import CAPTION_TEMPLATES, make_spurious_benchmark
     from ravl.discovery.pipeline import discover_on_inputs, discovery_inputs
     from ravl.discovery.result import DiscoveryResult
