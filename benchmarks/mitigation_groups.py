@@ -113,11 +113,15 @@ def main(argv=None) -> int:
     p.add_argument("--work", required=True, type=Path, help="a `ravl benchmark mitigate --out` folder")
     p.add_argument("--methods", nargs="+", default=["standard", "spurious-aware", "vl-gdro", "ravl"])
     p.add_argument("--split", default="val", choices=["val", "test"])
+    p.add_argument("--settings", nargs="+", default=None, metavar="SETTING",
+                   help="only these settings of the folder (e.g. red_square-nine-v0.95-s0); default: every valid one")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rows = [json.loads(x) for x in (args.work / "results.jsonl").read_text().splitlines()]
     settings = list(dict.fromkeys(r["setting"] for r in rows if r.get("valid")))
+    if args.settings:
+        settings = [s for s in settings if s in args.settings]
     if not settings:
         print(f"error: no valid setting in {args.work / 'results.jsonl'}", file=sys.stderr)
         return 1
