@@ -214,3 +214,19 @@ def test_ray_backend_gives_byte_identical_results(smoke_run, tmp_path):
     assert all(json.loads(x)["built"] for x in _lines(out / "timings.jsonl"))
     r = json.loads((out / "summary.json").read_text())
     assert not math.isnan(r["methods"][0]["all"]["p_at_10"])
+
+
+def test_layout_grid_finds_the_feature_among_distractors(tmp_path):
+    """3x3 images with two distractor objects tied to no class: RaVL still ranks the planted feature's
+    regions first, and the layout is recorded in the folder's config."""
+    out = tmp_path / "grid3"
+    assert main(["benchmark", "discover", "--out", str(out), "--features", "red_square", "--spurious-classes", "nine",
+                 "--strengths", "0.95", "--n-train", "1200", "--n-eval", "400", "--epochs", "3", "--init", "pretrained",
+                 "--methods", "ravl", "--grid-size", "3", "--distractors", "2", "--quiet"]) == 0
+    cfg = json.loads((out / "benchmark_config.json").read_text())
+    assert cfg["layout"] == {"grid_size": 3, "distractors": 2} and cfg["init"] == "pretrained"
+    setting = json.loads((out / "red_square-nine-v0.95-s0" / "setting" / "setting.json").read_text())
+    assert setting["layout"]["distractor_features"] == ["ring", "stripes"]
+    (row,) = [json.loads(x) for x in _lines(out / "results.jsonl")]
+    assert row["valid"] and row["precision_at_10"] >= 0.9 and row["class"] == "nine", row
+    assert row["n_regions"] == 200 * 9                        # nine cells per evaluation val image
