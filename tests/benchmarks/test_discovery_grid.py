@@ -216,6 +216,7 @@ def test_ray_backend_gives_byte_identical_results(smoke_run, tmp_path):
     assert not math.isnan(r["methods"][0]["all"]["p_at_10"])
 
 
+@pytest.mark.slow
 def test_layout_grid_finds_the_feature_among_distractors(tmp_path):
     """3x3 images with two distractor objects tied to no class: RaVL still ranks the planted feature's
     regions first, and the layout is recorded in the folder's config."""
