@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "ImageRecord": "ravl.data.dataset",
     "make_spurious_benchmark": "ravl.data.synthetic",
     "SpuriousSetting": "ravl.data.synthetic",
+    "SyntheticLayout": "ravl.data.synthetic",
     # zero-shot, training, evaluation
     "zero_shot_classify": "ravl.zeroshot",
     "ZeroShotResult": "ravl.zeroshot",
