@@ -83,6 +83,15 @@ def test_make_benchmark_misspelt_feature_and_bad_out(tmp_path):
     assert not (tmp_path / "s").exists()  # refused before anything was written
 
 
+def test_make_benchmark_layout_mistakes(tmp_path):
+    expect(run("make-benchmark", "--out", tmp_path / "s", "--distractors", "3"), 2,
+           r"--distractors must be in \[0, 2\] with --grid-size 2")
+    expect(run("make-benchmark", "--out", tmp_path / "s", "--distractors", "1", "--distractor-features", "red_square"),
+           2, r"--distractor-features includes red_square, a planted feature")
+    expect(run("benchmark", "mitigate", "--out", tmp_path / "m", "--grid-size", "9"), 2, r"--grid-size must be in \[2, 8\]")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "m").exists()
+
+
 def test_convert_coco_missing_instances_file(tmp_path):
     (tmp_path / "imgs").mkdir()
     res = run("convert", "coco", "--instances", tmp_path / "missing.json", "--images", tmp_path / "imgs",
