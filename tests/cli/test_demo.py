@@ -31,3 +31,21 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0
     assert json.loads((out / "demo.json").read_text())["mitigation"] == d["mitigation"]
+
+
+@pytest.mark.slow
+def test_demo_from_the_pretrained_weights_on_another_layout(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n-train", "600", "--n-eval", "400", "--epochs", "2", "--pretrained",
+                 "synthetic", "--placement", "adjacent", "--distractors", "1", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "from its shipped pretrained weights" in text and "feature next to the digit" in text
+    # the planted feature is read from setting.json (region_attributes also name the distractors)
+    assert "spurious feature 'red_square'" in text and "precision nan" not in text
+    cfg = json.loads((out / "mitigated" / "config.json").read_text())
+    assert cfg["init"]["pretrained"] == "synthetic" and cfg["mitigation"]["start"] == "init"
+    d = json.loads((out / "demo.json").read_text())
+    assert d["discovery"]["class"] == "nine"
+    assert main(["demo", "--out", str(tmp_path / "x"), "--distractor-features", "red_square", "--distractors",
+                 "1"]) == 2
+    assert "--distractor-features includes red_square" in capsys.readouterr().err

@@ -215,3 +215,32 @@ def test_benchmark_cli_checks_the_layout_before_any_work(tmp_path, capsys):
                      "--distractor-features", "ring"]) == 2
         assert "--distractor-features includes ring" in capsys.readouterr().err
         assert not (tmp_path / "w").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# the planted feature where several attributes are neither a class nor empty
+# --------------------------------------------------------------------------------------------
+
+def test_planted_feature_is_read_from_the_setting(grid3, tmp_path):
+    from ravl.data.attributes import infer_spurious_feature
+    from ravl.data.synthetic import planted_feature
+
+    rows, _ = rows_and_pixels(grid3.eval_dir)
+    attrs = [a for r in rows for a in r["region_attributes"]]
+    assert infer_spurious_feature(attrs, grid3.classes) is None          # ring, stripes, red_square: ambiguous
+    assert planted_feature(grid3.eval_dir) == planted_feature(grid3.train_dir) == "red_square"
+    assert planted_feature(tmp_path) is None
+    (tmp_path / "x").mkdir()
+    (tmp_path / SETTING_FILE).write_text("not json")
+    assert planted_feature(tmp_path / "x") is None
+
+
+def test_evaluate_cli_groups_a_distractor_setting_by_its_planted_feature(grid3, tmp_path, capsys):
+    import ravl
+
+    ckpt = tmp_path / "ckpt"
+    ravl.save_checkpoint(ravl.load_model("tiny", seed=0), ckpt)
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(grid3.eval_dir), "--no-regions",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "spurious feature 'red_square'" in out and "with red_square" in out and "Image Worst-Group" in out

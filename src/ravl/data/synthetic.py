@@ -76,6 +76,7 @@ __all__ = [
     "make_spurious_benchmark",
     "make_contingency_table",
     "cramers_v_of",
+    "planted_feature",
     "read_setting",
 ]
 
@@ -388,6 +389,21 @@ def read_setting(path: str | os.PathLike) -> SpuriousSetting:
 # --------------------------------------------------------------------------------------------
 # Contingency construction
 # --------------------------------------------------------------------------------------------
+
+def planted_feature(dataset_dir: str | os.PathLike) -> str | None:
+    """The planted feature recorded in ``setting.json`` next to a setting's ``train/`` or ``eval/``
+    folder (``None`` for any other folder). With distractor objects several attributes are
+    neither a class nor empty, so the feature cannot be inferred from ``region_attributes`` alone.
+    """
+    path = Path(dataset_dir).resolve().parent / SETTING_FILE
+    if not path.is_file():
+        return None
+    try:
+        feature = json.loads(path.read_text(encoding="utf-8")).get("feature")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return feature if isinstance(feature, str) else None
+
 
 def cramers_v_of(table: np.ndarray) -> float:
     """Cramér's V of a contingency table: ``sqrt(chi2 / (N (min(rows, cols) - 1)))``.

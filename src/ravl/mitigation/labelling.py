@@ -35,6 +35,7 @@ import numpy as np
 from ravl.data.attributes import infer_spurious_feature
 from ravl.data.dataset import RegionDataset, check_dataset, load_dataset
 from ravl.data.region_sources import DEFAULT_IOU_THRESHOLD, with_region_source
+from ravl.data.synthetic import planted_feature
 from ravl.discovery.result import DiscoveryResult
 from ravl.exceptions import DatasetError, InvalidParameterError
 from ravl.mitigation.groups import class_feature_groups
@@ -651,6 +652,8 @@ def label_regions(model, dataset, discovery, *, features: Any = "class", region_
     present = np.zeros(len(ds), dtype=bool)
     present[table.image_index[spurious]] = True
     groups, n_groups = class_feature_groups(labels, present, n_classes=len(ds.classes))
+    if truth is None and getattr(ds, "root", None) is not None:
+        truth = planted_feature(ds.root)              # a synthetic setting's folder records it
     truth_d = _truth_metrics(table, ds.records, spurious, present, ds.classes, truth)
     result = RegionLabelling(classes=tuple(ds.classes), split=split, region_mode=mode,
                              spurious_clusters=spurious_clusters, feature_ranks=tuple(f.rank for f in chosen),
