@@ -63,6 +63,21 @@ def test_region_aware_loss_matches_hand_computation():
     assert close(out["loss"], (lr0 + lr1 + la0 + la1) / 2)
 
 
+def test_region_aware_loss_reports_the_spurious_terms_share_of_the_denominators():
+    emb, img, spur, labels = _setting()
+    out = region_aware_loss(emb, img, spur, CLASSES, labels, tau=0.5)
+    # the r2 term over the whole denominator, per anchor (same numbers as the hand computation above)
+    share_r = (math.exp(1.6 - lse(2, 0, 1.6)) + math.exp(1.6 - lse(1.2, 1.6, 1.6))) / 2
+    share_a = (math.exp(1.6 - lse(2, 1.2, 1.6)) + math.exp(1.2 - lse(1.6, 0, 1.2))) / 2
+    assert close(out["spurious_share_r"], share_r) and close(out["spurious_share_a"], share_a)
+    assert not out["spurious_share_r"].requires_grad
+    none = region_aware_loss(emb[:2], img[:2], torch.tensor([False, False]), CLASSES, labels, tau=0.5)
+    assert float(none["spurious_share_r"]) == 0.0 and float(none["spurious_share_a"]) == 0.0
+    # a colder temperature: once the core regions match, the spurious terms' share (their gradient) shrinks
+    cold = region_aware_loss(emb, img, spur, CLASSES, labels, tau=0.07)
+    assert float(cold["spurious_share_r"]) < float(out["spurious_share_r"])
+
+
 def test_region_aware_loss_takes_max_over_core_regions_and_default_tau():
     emb, img, spur, labels = _setting()
     # A weaker extra core region in image 0 changes nothing (max over R_0^r).

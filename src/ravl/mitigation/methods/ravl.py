@@ -83,7 +83,10 @@ def region_aware_loss(region_embeddings: torch.Tensor, region_image: torch.Tenso
     Returns:
         ``{"loss": L_R + L_A, "region_loss": L_R, "alignment_loss": L_A}``, each the mean
         over images with a candidate-core region; all zero (and attached to the graph) when
-        there is none.
+        there is none. Also, detached, for diagnosis: ``"spurious_share_r"`` and
+        ``"spurious_share_a"``, the mean over those images of the fraction of the L_R / L_A
+        denominator that the spurious regions' terms hold (their softmax weight: how much of
+        the gradient still pushes them; ``nan`` without an anchor).
 
     Raises:
         ValueError: For inconsistent shapes or ids out of range.
@@ -152,7 +155,15 @@ def region_aware_loss(region_embeddings: torch.Tensor, region_image: torch.Tenso
     anchor = zero_on_graph(region_embeddings, class_embeddings)
     region_loss = region_loss + anchor
     alignment_loss = alignment_loss + anchor
-    return {"loss": region_loss + alignment_loss, "region_loss": region_loss, "alignment_loss": alignment_loss}
+    with torch.no_grad():
+        nan = torch.tensor(float("nan"), dtype=s.dtype, device=dev)
+        if ms and bool(valid.any()):
+            share_r = torch.exp(torch.logsumexp(spur_best, dim=0) - den_r)[valid].mean()
+            share_a = torch.exp(torch.logsumexp(spur_at_label, dim=1) - den_a)[valid].mean()
+        else:
+            share_r = share_a = (s.new_zeros(()) if bool(valid.any()) else nan)
+    return {"loss": region_loss + alignment_loss, "region_loss": region_loss, "alignment_loss": alignment_loss,
+            "spurious_share_r": share_r, "spurious_share_a": share_a}
 
 
 @dataclass(frozen=True)
