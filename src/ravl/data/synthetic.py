@@ -386,10 +386,6 @@ def read_setting(path: str | os.PathLike) -> SpuriousSetting:
     return dataclasses.replace(s, train_dir=root / "train", eval_dir=root / "eval")
 
 
-# --------------------------------------------------------------------------------------------
-# Contingency construction
-# --------------------------------------------------------------------------------------------
-
 def planted_feature(dataset_dir: str | os.PathLike) -> str | None:
     """The planted feature recorded in ``setting.json`` next to a setting's ``train/`` or ``eval/``
     folder (``None`` for any other folder). With distractor objects several attributes are
@@ -404,6 +400,10 @@ def planted_feature(dataset_dir: str | os.PathLike) -> str | None:
         return None
     return feature if isinstance(feature, str) else None
 
+
+# --------------------------------------------------------------------------------------------
+# Contingency construction
+# --------------------------------------------------------------------------------------------
 
 def cramers_v_of(table: np.ndarray) -> float:
     """Cramér's V of a contingency table: ``sqrt(chi2 / (N (min(rows, cols) - 1)))``.
