@@ -156,12 +156,13 @@ def region_aware_loss(region_embeddings: torch.Tensor, region_image: torch.Tenso
     region_loss = region_loss + anchor
     alignment_loss = alignment_loss + anchor
     with torch.no_grad():
-        nan = torch.tensor(float("nan"), dtype=s.dtype, device=dev)
-        if ms and bool(valid.any()):
+        if not bool(valid.any()):
+            share_r = share_a = s.new_tensor(float("nan"))
+        elif ms:
             share_r = torch.exp(torch.logsumexp(spur_best, dim=0) - den_r)[valid].mean()
             share_a = torch.exp(torch.logsumexp(spur_at_label, dim=1) - den_a)[valid].mean()
         else:
-            share_r = share_a = (s.new_zeros(()) if bool(valid.any()) else nan)
+            share_r = share_a = s.new_zeros(())
     return {"loss": region_loss + alignment_loss, "region_loss": region_loss, "alignment_loss": alignment_loss,
             "spurious_share_r": share_r, "spurious_share_a": share_a}
 
