@@ -244,3 +244,19 @@ def test_evaluate_cli_groups_a_distractor_setting_by_its_planted_feature(grid3, 
                  "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "spurious feature 'red_square'" in out and "with red_square" in out and "Image Worst-Group" in out
+
+
+def test_evaluate_api_groups_a_distractor_setting_by_its_planted_feature(grid3, tmp_path):
+    import shutil
+
+    import ravl
+
+    model = ravl.load_model("tiny", seed=0)
+    r = ravl.evaluate(model, ravl.load_dataset(grid3.eval_dir), split="test", regions=False, progress=False)
+    assert r.spurious_feature == "red_square" and r.meta["groups_from"] == "region_attributes"
+    assert {g.feature_present for g in r.image.groups} == {True, False}
+    # the same rows outside their setting folder: ambiguous again, so no groups and a warning
+    shutil.copytree(grid3.eval_dir, tmp_path / "alone")
+    with pytest.warns(ravl.RavlWarning, match="several region attributes"):
+        r = ravl.evaluate(model, ravl.load_dataset(tmp_path / "alone"), split="test", regions=False, progress=False)
+    assert r.spurious_feature is None

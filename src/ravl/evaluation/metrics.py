@@ -19,6 +19,7 @@ import numpy as np
 
 from ravl.data.attributes import EMPTY_ATTRIBUTE, infer_spurious_feature
 from ravl.data.dataset import check_dataset
+from ravl.data.synthetic import planted_feature
 from ravl.exceptions import DatasetError, InvalidParameterError, RavlWarning
 from ravl.mitigation.labelling import label_regions
 from ravl.models.base import check_model
@@ -191,7 +192,8 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
         templates: Prompt templates (default: :func:`ravl.zeroshot.default_templates`).
         spurious_feature: Region attribute that marks the spurious feature. Default: inferred
             when the ``region_attributes`` hold exactly one value that is neither a class name
-            nor ``"empty"``.
+            nor ``"empty"``, or, with several (distractor objects), from the ``setting.json``
+            of a synthetic setting the dataset folder belongs to.
         region_mode: Region embedding mode for the core-region metrics.
         regions: Also score core regions when ``region_attributes`` are present.
         batch_size: Images per forward pass.
@@ -226,6 +228,9 @@ def evaluate(model, dataset, *, split: str | None = "test", classes: Sequence[st
         if spurious_feature is None:
             spurious_feature = infer_spurious_feature(attrs, classes)
             candidates = sorted(set(attrs) - set(classes) - {EMPTY_ATTRIBUTE})
+            if spurious_feature is None and len(candidates) > 1 and getattr(dataset, "root", None) is not None:
+                planted = planted_feature(dataset.root)    # a synthetic setting with distractors records it
+                spurious_feature = planted if planted in candidates else None
             if spurious_feature is None and len(candidates) > 1:
                 warnings.warn(f"No group metrics: several region attributes could be the spurious feature "
                               f"({', '.join(map(repr, candidates))}); name the one to group by with "
