@@ -134,6 +134,21 @@ def test_feature_selection_and_errors(hand_discovery, setting):
         select_features(many, min_gap_ratio=2)
     assert [f.rank for f in select_features(many, "top")] == [1] == [f.rank for f in select_features(many, None)]
     assert [f.rank for f in select_features(many, "all")] == [1, 2, 3, 4, 5]
+    # named after the top's class by the unweighted gap (4 of its images are of that class), but
+    # tied more to another class by the weighted gap: ordinary content of that class, left out
+    # (measured: a cluster of "one"/"two"/"three" digits named "nine", docs/mitigation.md)
+
+    def row(c, a_in, n_in, a_out, n_out):
+        w = 2 * min(n_in, n_out) / (n_in + n_out)
+        return {"class": c, "acc_present": a_in, "n_present": n_in, "acc_absent": a_out, "n_absent": n_out,
+                "weight": w, "gap": w * (a_in - a_out)}
+
+    other = next(c for c in disc.classes if c != f1["class"])
+    mixed = [row(other, 0.40, 25, 0.20, 25), row(f1["class"], 0.75, 4, 0.48, 46)]
+    d["features"][3] = {**d["features"][3], "table": mixed}
+    assert [f.rank for f in select_features(DiscoveryResult.from_dict(d))] == [1, 2]
+    d["features"][3]["table"] = [row(other, 0.0, 7, 0.5, 43), row(f1["class"], 1.0, 6, 0.4, 44)]
+    assert [f.rank for f in select_features(DiscoveryResult.from_dict(d))] == [1, 2, 4]
     d = disc.to_dict()
     d["features"] = []
     with pytest.raises(ValueError, match="nothing to mitigate"):

@@ -68,7 +68,8 @@ def add_arguments(parser) -> None:
                         help="the folder discovery ran on, if it moved (default: recorded in discovery.json)")
     parser.add_argument("--features", default="class",
                         help="discovered features treated as spurious: 'class' (every feature tied to the top "
-                             "feature's class), 'top', 'all' or comma-separated ranks")
+                             "feature's class, by its name and its largest weighted gap), 'top', 'all' or "
+                             "comma-separated ranks")
     parser.add_argument("--min-gap-ratio", type=float, default=0.5,
                         help="with --features class: a feature joins the top one only if its performance gap is at "
                              "least this fraction of the top feature's")

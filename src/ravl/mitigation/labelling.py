@@ -290,13 +290,21 @@ DEFAULT_MIN_GAP_RATIO = 0.5
 DEFAULT_ASSIGNMENT_QUANTILE = 0.05
 
 
+def _weighted_class(feature) -> str | None:
+    """The class with the largest positive *weighted* gap Δ in a feature's table (``None``
+    without one). ``class_name`` is the reference's: the largest *unweighted* gap, which a class
+    seen in a handful of the cluster's images can win."""
+    pos = [(g.gap, g.class_name) for g in feature.table if g.gap > 0]
+    return max(pos)[1] if pos else None
+
+
 def select_features(discovery, features: Any = "class", *, min_gap_ratio: float = DEFAULT_MIN_GAP_RATIO) -> list:
     """The discovered features to treat as spurious.
 
     Args:
         discovery: A :class:`~ravl.discovery.DiscoveryResult`.
         features: ``"class"`` (every kept feature tied to the same class as the top-ranked
-            one), ``"top"`` or ``None`` (the top-ranked feature only), ``"all"`` (every kept
+            one, by its ``class_name`` and by its largest weighted gap Δ), ``"top"`` or ``None`` (the top-ranked feature only), ``"all"`` (every kept
             feature) or a sequence of feature ranks (1 = top). ``"class"`` is the default of
             mitigation: masked-region discovery often splits one visual feature into several
             clusters (e.g. a square at each position), each tied to the same class.
@@ -328,7 +336,8 @@ def select_features(discovery, features: Any = "class", *, min_gap_ratio: float 
             top = feats[0]
             if top.class_name is None:
                 return feats[:1]
-            return [top] + [f for f in feats[1:] if f.class_name == top.class_name and f.gap >= ratio * top.gap]
+            return [top] + [f for f in feats[1:] if f.class_name == top.class_name and f.gap >= ratio * top.gap
+                            and _weighted_class(f) in (None, top.class_name)]
         return feats
     if isinstance(features, (int, np.integer)):
         features = [features]
