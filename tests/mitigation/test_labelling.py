@@ -7,7 +7,13 @@ import pytest
 
 from ravl.discovery import DiscoveryResult
 from ravl.exceptions import DatasetError
-from ravl.mitigation.labelling import RegionLabelling, assign_to_medoids, label_regions, select_features
+from ravl.mitigation.labelling import (
+    RegionLabelling,
+    assign_to_medoids,
+    label_regions,
+    left_out_features,
+    select_features,
+)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +153,10 @@ def test_feature_selection_and_errors(hand_discovery, setting):
     mixed = [row(other, 0.40, 25, 0.20, 25), row(f1["class"], 0.75, 4, 0.48, 46)]
     d["features"][3] = {**d["features"][3], "table": mixed}
     assert [f.rank for f in select_features(DiscoveryResult.from_dict(d))] == [1, 2]
+    notes = left_out_features(DiscoveryResult.from_dict(d))
+    assert len(notes) == 2 and f"tied more to {other!r}" in notes[0] and notes[0].startswith("#4")
+    assert notes[1].startswith("#5") and "below 0.5 x the top's" in notes[1]
+    assert left_out_features(DiscoveryResult.from_dict(d), "top") == []
     d["features"][3]["table"] = [row(other, 0.0, 7, 0.5, 43), row(f1["class"], 1.0, 6, 0.4, 44)]
     assert [f.rank for f in select_features(DiscoveryResult.from_dict(d))] == [1, 2, 4]
     d = disc.to_dict()

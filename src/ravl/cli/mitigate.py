@@ -29,7 +29,7 @@ from ravl.evaluation.metrics import evaluate, groups_from_discovery
 from ravl.evaluation.verify import verify_mitigation
 from ravl.exceptions import InvalidParameterError
 from ravl.mitigation.api import MitigationOptions, mitigate
-from ravl.mitigation.labelling import discovery_dataset
+from ravl.mitigation.labelling import discovery_dataset, left_out_features
 from ravl.mitigation.registry import TRAINABLE, describe_mitigation_methods, list_mitigation_methods
 from ravl.models.base import load_model
 from ravl.models.checkpoint import read_checkpoint_config
@@ -223,6 +223,10 @@ def run(args) -> int:
         ranks = ", ".join(f"#{r}" for r in lab.get("feature_ranks", []))
         print(f"labelled {lab['n_regions']} regions with discovered feature(s) {ranks}: {lab['n_spurious_regions']} "
               f"spurious in {lab['n_images_with_feature']} of {lab['n_images']} images{extra}")
+        left = left_out_features(DiscoveryResult.from_json(args.discovery), opts.features,
+                                 min_gap_ratio=opts.min_gap_ratio)
+        if left:
+            print("  left out (not the same shortcut): " + "; ".join(left) + " (--features RANKS uses them)")
         if lab.get("n_outside_threshold"):
             print(f"  ({lab['n_outside_threshold']} regions nearest to a spurious medoid but less similar to it than "
                   "the cluster's own members were left as candidate core; --assignment-quantile none keeps them)")

@@ -45,7 +45,8 @@ from ravl.models.sharded import Sharding, embed_regions_sharded
 from ravl.utils.validation import check_choice, check_float, check_int
 
 __all__ = ["RegionLabels", "FEATURE_CHOICES", "DEFAULT_MIN_GAP_RATIO", "DEFAULT_ASSIGNMENT_QUANTILE", "MIN_MEMBERS_FOR_THRESHOLD",
-           "RegionLabelling", "spurious_assignment", "label_regions", "select_features", "compute_medoid_embeddings",
+           "RegionLabelling", "spurious_assignment", "label_regions", "select_features", "left_out_features",
+           "compute_medoid_embeddings",
            "assign_to_medoids", "discovery_dataset"]
 
 logger = logging.getLogger(__name__)
@@ -296,6 +297,31 @@ def _weighted_class(feature) -> str | None:
     seen in a handful of the cluster's images can win."""
     pos = [(g.gap, g.class_name) for g in feature.table if g.gap > 0]
     return max(pos)[1] if pos else None
+
+
+def left_out_features(discovery, features: Any = "class", *, min_gap_ratio: float = DEFAULT_MIN_GAP_RATIO
+                      ) -> list[str]:
+    """Why ``features="class"`` left out features that carry the top feature's class name: one
+    line per such feature (empty for any other ``features``).
+
+    Example:
+        ``"#5 ('nine' by name) is tied more to 'one' by the weighted gap"``.
+    """
+    feats = list(discovery.features)
+    if features != "class" or not feats or feats[0].class_name is None:
+        return []
+    top, chosen = feats[0], {f.rank for f in select_features(discovery, features, min_gap_ratio=min_gap_ratio)}
+    out = []
+    for f in feats[1:]:
+        if f.rank in chosen or f.class_name != top.class_name:
+            continue
+        if f.gap < min_gap_ratio * top.gap:
+            out.append(f"#{f.rank} ({f.class_name!r}): gap {f.gap:.3g} is below {min_gap_ratio:g} x the top's "
+                       f"{top.gap:.3g}")
+        else:
+            out.append(f"#{f.rank} ({f.class_name!r} by name) is tied more to {_weighted_class(f)!r} by the "
+                       "weighted gap")
+    return out
 
 
 def select_features(discovery, features: Any = "class", *, min_gap_ratio: float = DEFAULT_MIN_GAP_RATIO) -> list:
