@@ -330,8 +330,9 @@ def select_features(discovery, features: Any = "class", *, min_gap_ratio: float 
     Args:
         discovery: A :class:`~ravl.discovery.DiscoveryResult`.
         features: ``"class"`` (every kept feature tied to the same class as the top-ranked
-            one, by its ``class_name`` and by its largest weighted gap Δ), ``"top"`` or ``None`` (the top-ranked feature only), ``"all"`` (every kept
-            feature) or a sequence of feature ranks (1 = top). ``"class"`` is the default of
+            one, by its ``class_name`` and by its largest weighted gap Δ), ``"top"`` or
+            ``None`` (the top-ranked feature only), ``"all"`` (every kept feature) or a
+            sequence of feature ranks (1 = top). ``"class"`` is the default of
             mitigation: masked-region discovery often splits one visual feature into several
             clusters (e.g. a square at each position), each tied to the same class.
         min_gap_ratio: With ``"class"``, keep a feature besides the top one only when its
