@@ -30,7 +30,6 @@ from ravl.cli._common import (
 from ravl.cli.discover import discovery_result, print_discovery
 from ravl.cli.evaluate import print_evaluation
 from ravl.cli.validate import print_summary
-from ravl.data.synthetic import planted_feature
 from ravl.discovery.registry import get_discovery_method
 from ravl.discovery.result import DiscoveryResult
 from ravl.evaluation.metrics import evaluate, groups_from_discovery
@@ -90,7 +89,7 @@ def _audit(args, split, features, out: Path) -> Path:
 
     print("\n3. zero-shot accuracy")
     has_attr = all(r.region_attributes is not None for r in (ds.subset(split) if split else ds).records)
-    present, feature, groups_from = None, planted_feature(args.data), "region_attributes" if has_attr else None
+    present, feature, groups_from = None, None, "region_attributes" if has_attr else None
     if not has_attr and d.get("features"):
         present, feature = groups_from_discovery(model, ds, DiscoveryResult.from_dict(d), split=split,
                                                  features=features, progress=not args.quiet)

@@ -22,7 +22,6 @@ from ravl.cli._common import (
     templates_from_args,
     write_json,
 )
-from ravl.data.synthetic import planted_feature
 from ravl.discovery.result import DiscoveryResult
 from ravl.evaluation.metrics import check_setting_validity, evaluate, groups_from_discovery
 from ravl.exceptions import InvalidParameterError
@@ -133,8 +132,6 @@ def run(args) -> int:
             args.groups_from, ds, split, features=features, device=resolve_device(args.device),
             progress=not args.quiet)
         print(f"groups: {args.spurious_feature}, present in {int(present.sum())} of {len(present)} images")
-    if args.spurious_feature is None and present is None:
-        args.spurious_feature = planted_feature(args.data)   # None: inferred from region_attributes
     res = evaluate(model, ds, split=split, templates=templates, spurious_feature=args.spurious_feature,
                    region_mode=args.region_mode, regions=not args.no_regions, feature_present=present,
                    progress=not args.quiet)

@@ -23,7 +23,6 @@ from ravl.cli._common import (
 )
 from ravl.cli._methods import add_method_arguments, method_configs_from_args
 from ravl.data.dataset import load_dataset
-from ravl.data.synthetic import planted_feature
 from ravl.discovery.result import DiscoveryResult
 from ravl.evaluation.metrics import evaluate, groups_from_discovery
 from ravl.evaluation.verify import verify_mitigation
@@ -124,8 +123,6 @@ def before_after(before_ckpt, after_ckpt, eval_dir, *, templates, method: str, m
               "after": load_model(model_name, checkpoint=after_ckpt, device=device)}
     present = None
     groups_from = "region_attributes"
-    if spurious_feature is None:
-        spurious_feature = planted_feature(eval_dir)   # a synthetic setting's; None: inferred
     if discovery is not None and not all(r.region_attributes is not None for r in ds.subset(split).records):
         present, spurious_feature = groups_from_discovery(models["before"], ds, discovery, split=split,
                                                           allow_data_change=allow_data_change, progress=progress)
