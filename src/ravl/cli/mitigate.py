@@ -212,6 +212,7 @@ def run(args) -> int:
                    allow_data_change=args.allow_data_change, allow_empty_labelling=args.allow_empty_labelling,
                    progress=progress, workers=args.workers, sharding=sharding)
 
+    discovery = DiscoveryResult.from_json(args.discovery)
     lab = res.labelling
     if lab:
         t = lab.get("truth")
@@ -220,8 +221,7 @@ def run(args) -> int:
         ranks = ", ".join(f"#{r}" for r in lab.get("feature_ranks", []))
         print(f"labelled {lab['n_regions']} regions with discovered feature(s) {ranks}: {lab['n_spurious_regions']} "
               f"spurious in {lab['n_images_with_feature']} of {lab['n_images']} images{extra}")
-        left = left_out_features(DiscoveryResult.from_json(args.discovery), opts.features,
-                                 min_gap_ratio=opts.min_gap_ratio)
+        left = left_out_features(discovery, opts.features, min_gap_ratio=opts.min_gap_ratio)
         if left:
             print("  left out (not the same shortcut): " + "; ".join(left) + " (--features RANKS uses them)")
         if lab.get("n_outside_threshold"):
@@ -236,7 +236,6 @@ def run(args) -> int:
     print(f"prompt templates ({res.options['template_source']}): "
           + "; ".join(repr(t) for t in res.options["templates"][:4]))
 
-    discovery = DiscoveryResult.from_json(args.discovery)
     out = Path(args.out)
     eval_dir = Path(args.eval_data) if args.eval_data else default_eval_data(args.data)
     evaluation = None
